@@ -1,0 +1,109 @@
+"""The ``facesketch`` command. It only parses arguments and calls the packages' APIs.
+
+Heavy imports (torch, onnxruntime, flask) happen inside each subcommand, so
+``facesketch --help`` is instant and a torch-free box can still run
+``translate``, ``bench`` and ``serve``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import formats
+
+log = logging.getLogger("facesketch")
+
+
+def _csv_ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}") from None
+
+
+# ----------------------------------------------------------------- handlers
+def cmd_train(a: argparse.Namespace) -> int:
+    if a.nproc and a.nproc > 1:
+        from training.launch import launch
+        return launch(a.nproc, sys.argv[1:])
+    from training.config import TrainConfig
+    from training.trainer import train
+    keys = ("out", "data", "photos", "sketches", "size", "blocks", "epochs", "batch_size",
+            "max_images", "holdout", "device", "precision", "compile", "seed", "resume",
+            "max_steps", "lr", "log_every")
+    cfg = TrainConfig(**{k: getattr(a, k) for k in keys if getattr(a, k) is not None},
+                      progress=not a.no_progress)
+    out = train(cfg)
+    print(f"checkpoint: {out}")
+    return 0
+
+
+def cmd_import_reference(a: argparse.Namespace) -> int:
+    from training.checkpoint import import_reference
+    out = import_reference(a.g_a, a.g_b, a.out, size=a.size)
+    print(f"checkpoint: {out}")
+    return 0
+
+
+# ----------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="facesketch",
+                                description="Face photo <-> sketch translation with CycleGAN.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a CycleGAN on photo and sketch folders")
+    t.add_argument("--data", help="folder in a known layout (CUFS, Kaggle, CycleGAN trainA/trainB)")
+    t.add_argument("--photos", help="folder of photos (with --sketches, instead of --data)")
+    t.add_argument("--sketches", help="folder of sketches")
+    t.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
+    t.add_argument("--size", type=int, help="image size (default 128)")
+    t.add_argument("--blocks", type=int, help="residual blocks in each generator (default 3)")
+    t.add_argument("--epochs", type=int, help="epochs: constant LR for half, then linear decay")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--max-images", type=int, help="use at most N images per domain")
+    t.add_argument("--holdout", type=int, help="images per domain held back for samples/validation")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    t.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    t.add_argument("--compile", action="store_true", default=None, help="torch.compile G and D")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--resume", action="store_true", default=None,
+                   help="continue the run in --out exactly where it stopped")
+    t.add_argument("--max-steps", type=int, help="stop (with a checkpoint) at this global step")
+    t.add_argument("--log-every", type=int, help="steps between loss read-backs")
+    t.add_argument("--nproc", type=int, help="processes (torchrun/DDP); GPUs or CPU (gloo)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("import-reference", help="convert reference CycleGAN generators (.pth)")
+    r.add_argument("g_a", help="latest_net_G_A.pth (photo -> sketch)")
+    r.add_argument("g_b", help="latest_net_G_B.pth (sketch -> photo)")
+    r.add_argument("--out", required=True, help="checkpoint folder to write")
+    r.add_argument("--size", type=int, default=256, help="image size the model was trained at")
+    r.set_defaults(func=cmd_import_reference)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(a.func(a) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
+        if a.verbose:
+            raise
+        print(f"facesketch {a.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

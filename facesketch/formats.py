@@ -1,0 +1,86 @@
+"""The one table of export formats, read by export, runtime, bench and the CLI.
+
+Formats are always looked up by name (``FORMATS["onnx"]``), never by position.
+Needs no torch: the runtime reads it on deployment boxes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    suffix: str                 # file (or folder) suffix inside a bundle
+    device: str                 # "cpu", "cuda" or "cpu/cuda"
+    packages: tuple[str, ...]   # import names needed to build and run it
+    precision: str              # "fp32", "fp16", "int8", "mixed"
+    floor_db: float             # parity floor (PSNR against torch fp32)
+    help: str
+    options: dict = field(default_factory=dict)
+
+    def missing_packages(self) -> list[str]:
+        return [p for p in self.packages if importlib.util.find_spec(p) is None]
+
+
+# PSNR floors were set from measurements on CUFS with trained generators
+# (see benchmarks/results/export_parity_*.json): fp32 engines agree to >80 dB,
+# fp16 to ~45-55 dB, int8 to ~33-40 dB; the floors leave a margin below those.
+_TABLE = (
+    Format("onnx", ".onnx", "cpu/cuda", ("onnx", "onnxruntime"), "fp32", 60.0,
+           "ONNX fp32, dynamic batch and spatial size, opset 17, constant-folded",
+           {"opset": 17}),
+    Format("onnx-fp16", ".fp16.onnx", "cpu/cuda", ("onnx", "onnxruntime"), "fp16", 40.0,
+           "ONNX fp16 weights/activations; InstanceNorm and output kept in fp32",
+           {"keep_fp32": ("InstanceNormalization", "Tanh")}),
+    Format("onnx-int8", ".int8.onnx", "cpu", ("onnx", "onnxruntime"), "int8", 30.0,
+           "ONNX static QDQ int8 for CPU, calibrated on real images of the input domain",
+           {"calibration_images": 64}),
+    Format("openvino", ".xml", "cpu", ("openvino",), "fp32", 60.0,
+           "OpenVINO IR fp32 (with its .bin)", {}),
+    Format("openvino-int8", ".int8.xml", "cpu", ("openvino", "nncf"), "int8", 30.0,
+           "OpenVINO IR int8 by NNCF post-training quantization on calibration images",
+           {"calibration_images": 64}),
+    Format("tensorrt", ".engine", "cuda", ("tensorrt",), "fp16", 40.0,
+           "TensorRT 10 FP16 engine, batch profile 1..max-batch, norms in fp32",
+           {"workspace_gib": 4}),
+    Format("torch", ".safetensors", "cpu/cuda", ("torch", "safetensors"), "fp32", 60.0,
+           "PyTorch eager module from safetensors (fp32; fp16/bf16 and channels_last on GPU)",
+           {}),
+)
+
+FORMATS: dict[str, Format] = {f.name: f for f in _TABLE}
+DIRECTIONS = ("photo2sketch", "sketch2photo")
+DOMAINS = ("photo", "sketch")
+# Which generator of a CycleGAN checkpoint runs each direction.
+# Paper names: G: photo->sketch (our G_A), F: sketch->photo (our G_B).
+DIRECTION_GENERATOR = {"photo2sketch": "G_A", "sketch2photo": "G_B"}
+SOURCE_DOMAIN = {"photo2sketch": "photo", "sketch2photo": "sketch"}
+
+
+def get(name: str) -> Format:
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise KeyError(f"unknown format {name!r}; known formats: {', '.join(FORMATS)}") from None
+
+
+def parse_list(spec: str | None) -> list[str]:
+    """'all' or a comma list -> validated list of names (table order for 'all')."""
+    if spec is None or spec.strip() in ("", "all"):
+        return list(FORMATS)
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    for n in names:
+        get(n)
+    return names
+
+
+def help_table() -> str:
+    width = max(len(n) for n in FORMATS)
+    lines = [f"  {'name':<{width}}  {'device':<8} {'precision':<9} needs"]
+    for f in FORMATS.values():
+        lines.append(f"  {f.name:<{width}}  {f.device:<8} {f.precision:<9} "
+                     f"{'+'.join(f.packages):<22} {f.help}")
+    return "\n".join(lines)

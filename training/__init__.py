@@ -1,0 +1,1 @@
+"""Training: CycleGAN networks, data loading, the trainer and its checkpoints."""

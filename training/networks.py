@@ -1,0 +1,158 @@
+"""CycleGAN networks with the reference implementation's module structure.
+
+Module layout and state_dict names follow junyanz/pytorch-CycleGAN-and-pix2pix
+(``model.N.*`` keys, ``conv_block`` inside residual blocks) so its published
+generators load unchanged.
+
+Names in code vs the paper (Zhu et al., 2017), domain A = photos, B = sketches:
+  G_A  = G : photo -> sketch        D_A = D_Y : judges sketches (real_B vs G_A(A))
+  G_B  = F : sketch -> photo        D_B = D_X : judges photos   (real_A vs G_B(B))
+  ResnetGenerator layers, paper notation: c7s1-64, d128, d256, R256 x N, u128, u64, c7s1-3.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ResnetBlock(nn.Module):
+    """R256: two 3x3 convs with reflection padding and a skip connection."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(dim, dim, kernel_size=3, padding=0, bias=True),
+            nn.InstanceNorm2d(dim),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(dim, dim, kernel_size=3, padding=0, bias=True),
+            nn.InstanceNorm2d(dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """c7s1-ngf, d(2ngf), d(4ngf), N residual blocks, u(2ngf), u(ngf), c7s1-3, tanh.
+
+    InstanceNorm2d(affine=False) everywhere, so convolutions carry biases (the
+    reference's ``use_bias = norm_layer == InstanceNorm2d``).
+    """
+
+    def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_blocks: int = 3):
+        super().__init__()
+        if n_blocks < 0:
+            raise ValueError(f"n_blocks must be >= 0, got {n_blocks}")
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(input_nc, ngf, kernel_size=7, padding=0, bias=True),
+            nn.InstanceNorm2d(ngf),
+            nn.ReLU(True),
+        ]
+        for i in range(2):  # d128, d256
+            mult = 2 ** i
+            layers += [
+                nn.Conv2d(ngf * mult, ngf * mult * 2, kernel_size=3, stride=2, padding=1, bias=True),
+                nn.InstanceNorm2d(ngf * mult * 2),
+                nn.ReLU(True),
+            ]
+        layers += [ResnetBlock(ngf * 4) for _ in range(n_blocks)]
+        for i in range(2):  # u128, u64
+            mult = 2 ** (2 - i)
+            layers += [
+                nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, kernel_size=3, stride=2,
+                                   padding=1, output_padding=1, bias=True),
+                nn.InstanceNorm2d(ngf * mult // 2),
+                nn.ReLU(True),
+            ]
+        layers += [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(ngf, output_nc, kernel_size=7, padding=0),
+            nn.Tanh(),
+        ]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class NLayerDiscriminator(nn.Module):
+    """PatchGAN: with n_layers=3 each output judges a 70x70 patch (C64-C128-C256-C512)."""
+
+    def __init__(self, input_nc: int = 3, ndf: int = 64, n_layers: int = 3):
+        super().__init__()
+        kw, padw = 4, 1
+        seq: list[nn.Module] = [
+            nn.Conv2d(input_nc, ndf, kernel_size=kw, stride=2, padding=padw),
+            nn.LeakyReLU(0.2, True),
+        ]
+        nf_mult = 1
+        for n in range(1, n_layers):
+            nf_prev, nf_mult = nf_mult, min(2 ** n, 8)
+            seq += [
+                nn.Conv2d(ndf * nf_prev, ndf * nf_mult, kernel_size=kw, stride=2, padding=padw, bias=True),
+                nn.InstanceNorm2d(ndf * nf_mult),
+                nn.LeakyReLU(0.2, True),
+            ]
+        nf_prev, nf_mult = nf_mult, min(2 ** n_layers, 8)
+        seq += [
+            nn.Conv2d(ndf * nf_prev, ndf * nf_mult, kernel_size=kw, stride=1, padding=padw, bias=True),
+            nn.InstanceNorm2d(ndf * nf_mult),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf * nf_mult, 1, kernel_size=kw, stride=1, padding=padw),
+        ]
+        self.model = nn.Sequential(*seq)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
+    """The reference 'normal' init: conv weights N(0, gain), biases 0."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return net
+
+
+def build_generator(blocks: int = 3, ngf: int = 64) -> ResnetGenerator:
+    return ResnetGenerator(3, 3, ngf=ngf, n_blocks=blocks)
+
+
+def build_discriminator(ndf: int = 64, n_layers: int = 3) -> NLayerDiscriminator:
+    return NLayerDiscriminator(3, ndf=ndf, n_layers=n_layers)
+
+
+# Keys the reference's old InstanceNorm checkpoints carry and current modules lack.
+_STALE_NORM_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def clean_reference_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip ``module.`` (DataParallel) prefixes and stale InstanceNorm buffers."""
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("module."):
+            k = k[len("module."):]
+        if k.endswith(_STALE_NORM_SUFFIXES):
+            continue
+        out[k] = v
+    return out
+
+
+def infer_blocks(sd: dict[str, torch.Tensor]) -> int:
+    """Number of residual blocks in a ResnetGenerator state_dict."""
+    idx = {int(k.split(".")[1]) for k in sd if ".conv_block." in k}
+    return len(idx)
+
+
+def infer_ngf(sd: dict[str, torch.Tensor]) -> int:
+    return int(sd["model.1.weight"].shape[0])
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())

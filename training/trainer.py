@@ -1,0 +1,674 @@
+"""The CycleGAN trainer, in the manner of nanoGPT.
+
+One function, ``train(cfg)``: autocast (bf16 where the GPU has it, fp16 +
+GradScaler where it has not, fp32 on CPU) behind one context switch; side
+effects (logs, samples, checkpoints) on rank 0 only; torch.compile before DDP;
+the unwrapped modules are what gets saved. A checkpoint holds everything
+needed to resume exactly: networks, optimizers, pools, RNG states, epoch, step.
+
+Per step the four generator passes are batched into two-plus-two calls
+(G_A runs on [real_A, real_B] for fake_B and the identity term at once), each
+discriminator output is computed once, and losses stay on the device, read back
+every ``log_every`` steps only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from facesketch import sysinfo
+from facesketch.config import to_dict
+
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .data import (DataError, Domain, augment, choose_holdout, load_domain, load_size_for,
+                   resolve_layout, split_holdout, to_float, to_uint8)
+from .networks import build_discriminator, build_generator, init_weights
+
+log = logging.getLogger("facesketch.train")
+LOSS_NAMES = ("G_adv_A", "G_adv_B", "cycle_A", "cycle_B", "idt_A", "idt_B", "G", "D_A", "D_B")
+
+
+# ----------------------------------------------------------------- modules
+class GeneratorPair(nn.Module):
+    """Both generators' passes of one step as a single forward (one DDP call)."""
+
+    def __init__(self, G_A: nn.Module, G_B: nn.Module):
+        super().__init__()
+        self.G_A, self.G_B = G_A, G_B
+
+    def forward(self, real_A: torch.Tensor, real_B: torch.Tensor):
+        n = real_A.shape[0]
+        fake_B, idt_A = self.G_A(torch.cat([real_A, real_B])).split(n)   # G(x), G(y)
+        fake_A, idt_B = self.G_B(torch.cat([real_B, real_A])).split(n)   # F(y), F(x)
+        rec_A = self.G_B(fake_B)                                         # F(G(x))
+        rec_B = self.G_A(fake_A)                                         # G(F(y))
+        return fake_B, fake_A, rec_A, rec_B, idt_A, idt_B
+
+
+class DiscriminatorPair(nn.Module):
+    """D_A judges domain B (sketches), D_B judges domain A (photos)."""
+
+    def __init__(self, D_A: nn.Module, D_B: nn.Module):
+        super().__init__()
+        self.D_A, self.D_B = D_A, D_B
+
+    def forward(self, for_A: torch.Tensor, for_B: torch.Tensor):
+        return self.D_A(for_A), self.D_B(for_B)
+
+
+class ImagePool:
+    """The 50-image history buffer of Shrivastava et al., on the training device.
+
+    Random decisions come from a CPU generator (saved in checkpoints), so a
+    query never syncs with the GPU.
+    """
+
+    def __init__(self, size: int, gen: torch.Generator):
+        self.size, self.gen = size, gen
+        self.images: torch.Tensor | None = None
+        self.count = 0
+
+    def query(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.size == 0:
+            return batch
+        batch = batch.detach()
+        if self.images is None:
+            self.images = torch.zeros((self.size, *batch.shape[1:]), dtype=batch.dtype,
+                                      device=batch.device)
+        out = []
+        for i in range(batch.shape[0]):
+            img = batch[i]
+            if self.count < self.size:
+                self.images[self.count] = img
+                self.count += 1
+                out.append(img)
+            elif float(torch.rand((), generator=self.gen)) > 0.5:
+                j = int(torch.randint(0, self.size, (), generator=self.gen))
+                old = self.images[j].clone()
+                self.images[j] = img
+                out.append(old)
+            else:
+                out.append(img)
+        return torch.stack(out)
+
+
+def lr_factor(epoch: int, epochs: int) -> float:
+    """Reference schedule: constant for the first half, then linear decay to ~0."""
+    n_const = epochs // 2
+    n_decay = epochs - n_const
+    return 1.0 - max(0, epoch - n_const + 1) / float(n_decay + 1)
+
+
+def mse_to(pred: torch.Tensor, target: float) -> torch.Tensor:
+    return (pred.float() - target).pow(2).mean()
+
+
+# ----------------------------------------------------------------- set-up helpers
+def pick_device(cfg: TrainConfig, local_rank: int) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda asked for, but torch sees no CUDA GPU")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def pick_precision(cfg: TrainConfig, device: torch.device) -> str:
+    if cfg.precision != "auto":
+        if device.type == "cpu" and cfg.precision == "fp16":
+            raise RuntimeError("fp16 training needs a GPU; use fp32 or bf16 on CPU")
+        return cfg.precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def autocast_ctx(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_adam(params, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    kw: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, 0.999)}
+    if device.type == "cuda":
+        kw["fused"] = True
+    else:
+        kw["foreach"] = True
+    return torch.optim.Adam(params, **kw)
+
+
+class _Interrupt:
+    """First Ctrl-C: finish the step, write a resumable checkpoint, stop. Second: abort."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("interrupt: finishing this step and writing a resumable checkpoint "
+                    "(Ctrl-C again to abort without one)")
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+# ----------------------------------------------------------------- the run
+class Run:
+    """State of one training process (rank). ``train()`` drives it."""
+
+    def __init__(self, cfg: TrainConfig):
+        cfg.validate()
+        self.cfg = cfg
+        self.ddp = int(os.environ.get("RANK", -1)) != -1
+        if self.ddp:
+            import torch.distributed as dist
+            self.rank = int(os.environ["RANK"])
+            self.world = int(os.environ["WORLD_SIZE"])
+            local_rank = int(os.environ.get("LOCAL_RANK", 0))
+            self.device = pick_device(cfg, local_rank)
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+        else:
+            self.rank, self.world = 0, 1
+            self.device = pick_device(cfg, 0)
+        self.master = self.rank == 0
+        self.precision = pick_precision(cfg, self.device)
+        self.channels_last = (self.device.type == "cuda") if cfg.channels_last is None else cfg.channels_last
+        self.out = Path(cfg.out)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+
+    # -- data
+    def load_data(self) -> None:
+        cfg = self.cfg
+        layout = resolve_layout(cfg.data, cfg.photos, cfg.sketches)
+        if self.master:
+            log.info("data layout: %s (photos %s, sketches %s)", layout.name, layout.photos, layout.sketches)
+        ls = load_size_for(cfg.size)
+        lim = None if cfg.max_images is None else cfg.max_images + cfg.holdout
+        photos = load_domain("photos", layout.photos, ls, lim, self.device)
+        sketches = load_domain("sketches", layout.sketches, ls, lim, self.device)
+        held = choose_holdout(photos, sketches, cfg.holdout, cfg.seed)
+        self.train_A, self.held_A = split_holdout(photos, held)
+        self.train_B, self.held_B = split_holdout(sketches, held)
+        if cfg.max_images is not None:
+            self.train_A, _ = split_holdout(self.train_A, self.train_A.names[cfg.max_images:])
+            self.train_B, _ = split_holdout(self.train_B, self.train_B.names[cfg.max_images:])
+        for dom in (self.train_A, self.train_B):
+            if len(dom) == 0:
+                raise DataError(f"{dom.folder}: no images left for training after holding back "
+                                f"{cfg.holdout}; lower --holdout")
+        self.data_summary = {
+            "layout": layout.name, "photos": str(layout.photos), "sketches": str(layout.sketches),
+            "train_photos": len(self.train_A), "train_sketches": len(self.train_B),
+            "held_out": held, "skipped": self.train_A.skipped + self.train_B.skipped,
+            "load_size": ls,
+        }
+        per_rank = max(len(self.train_A), len(self.train_B)) // self.world
+        self.steps_per_epoch = max(1, per_rank // cfg.batch_size)
+        if self.master:
+            log.info("training on %d photos and %d sketches (%d held back each), %d steps/epoch",
+                     len(self.train_A), len(self.train_B), len(held), self.steps_per_epoch)
+
+    # -- models
+    def build(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        mf = torch.channels_last if self.channels_last else torch.preserve_format
+        self.G_A = init_weights(build_generator(cfg.blocks, cfg.ngf)).to(self.device, memory_format=mf)
+        self.G_B = init_weights(build_generator(cfg.blocks, cfg.ngf)).to(self.device, memory_format=mf)
+        self.D_A = init_weights(build_discriminator(cfg.ndf)).to(self.device, memory_format=mf)
+        self.D_B = init_weights(build_discriminator(cfg.ndf)).to(self.device, memory_format=mf)
+        self.gens = GeneratorPair(self.G_A, self.G_B)
+        self.discs = DiscriminatorPair(self.D_A, self.D_B)
+        self.opt_G = make_adam(self.gens.parameters(), cfg, self.device)
+        self.opt_D = make_adam(self.discs.parameters(), cfg, self.device)
+        fp16 = self.precision == "fp16"
+        self.scaler_G = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.scaler_D = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        # Separate CPU generators for data order/augmentation and pools: exact resume.
+        self.data_gen = torch.Generator().manual_seed(cfg.seed * 7919 + 1 + self.rank)
+        self.pool_gen = torch.Generator().manual_seed(cfg.seed * 7919 + 2 + self.rank)
+        self.pool_A = ImagePool(cfg.pool_size, self.pool_gen)  # fakes of B for D_A
+        self.pool_B = ImagePool(cfg.pool_size, self.pool_gen)  # fakes of A for D_B
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.best_score = -math.inf
+        self.history: list[dict[str, Any]] = []
+
+    def wrap(self) -> None:
+        """compile, then DDP: the order nanoGPT uses."""
+        gens, discs = self.gens, self.discs
+        if self.cfg.compile:
+            gens = torch.compile(gens)
+            discs = torch.compile(discs)
+        if self.ddp:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            gens = DDP(gens, device_ids=ids)
+            discs = DDP(discs, device_ids=ids)
+        self.gens_run, self.discs_run = gens, discs
+        # Discriminators judged in the G step without DDP hooks (their grads are off).
+        self.discs_g = torch.compile(self.discs) if self.cfg.compile else self.discs
+
+    # -- checkpoints
+    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        t: dict[str, torch.Tensor] = {}
+        for name in ("G_A", "G_B", "D_A", "D_B"):
+            for k, v in getattr(self, name).state_dict().items():
+                t[f"{name}.{k}"] = v
+        oG, mG = ckpt.flatten_optimizer("opt_G", self.opt_G)
+        oD, mD = ckpt.flatten_optimizer("opt_D", self.opt_D)
+        t.update(oG)
+        t.update(oD)
+        for name, pool in (("pool_A", self.pool_A), ("pool_B", self.pool_B)):
+            if pool.images is not None and pool.count:
+                t[f"{name}.images"] = pool.images[:pool.count]
+        t["rng.torch"] = torch.get_rng_state()
+        t["rng.data"] = self.data_gen.get_state()
+        t["rng.pool"] = self.pool_gen.get_state()
+        if self.device.type == "cuda":
+            t["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        meta = {
+            "config": to_dict(self.cfg), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+            "samples_in_epoch": self.step_in_epoch * self.cfg.batch_size * self.world,
+            "global_step": self.global_step, "world_size": self.world,
+            "opt_G": mG, "opt_D": mD,
+            "scaler_G": self.scaler_G.state_dict(), "scaler_D": self.scaler_D.state_dict(),
+            "pool_counts": {"pool_A": self.pool_A.count, "pool_B": self.pool_B.count},
+            "python_random": _py_random_state(), "numpy_random": _np_random_state(),
+            "best_score": None if self.best_score == -math.inf else self.best_score,
+            "history": self.history, "precision": self.precision,
+            "data": self.data_summary,
+        }
+        return t, meta
+
+    def save(self, reason: str) -> None:
+        if not self.master:
+            return
+        t, meta = self.state_tensors()
+        ckpt.save_state(self.out / ckpt.STATE_FILE, t, meta)
+        ckpt.save_model(self.out, self.G_A, self.G_B, self.model_config())
+        self.last_save = time.monotonic()
+        log.info("checkpoint (%s): epoch %d step %d -> %s", reason, self.epoch, self.global_step,
+                 self.out / ckpt.STATE_FILE)
+
+    def model_config(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return ckpt.model_config(
+            cfg.blocks, cfg.ngf, cfg.size,
+            train={**to_dict(cfg), "precision_used": self.precision, "world_size": self.world,
+                   "device_used": str(self.device)},
+            progress={"epoch": self.epoch, "global_step": self.global_step, "epochs": cfg.epochs,
+                      "steps_per_epoch": self.steps_per_epoch},
+            data=self.data_summary,
+            detector=getattr(self, "detector", None),
+            metrics={"val": self.history[-1]["val"]} if self.history and "val" in self.history[-1] else {},
+            versions=sysinfo.library_versions(("facesketch", "torch", "safetensors")),
+        )
+
+    def resume(self) -> None:
+        path = self.out / ckpt.STATE_FILE
+        tensors, meta = ckpt.load_state(path)
+        saved = meta["config"]
+        for key in ("size", "blocks", "ngf", "ndf"):
+            if saved[key] != getattr(self.cfg, key):
+                raise ckpt.CheckpointError(
+                    f"cannot resume: the run was started with {key}={saved[key]}, "
+                    f"now {getattr(self.cfg, key)}")
+        for name in ("G_A", "G_B", "D_A", "D_B"):
+            net = getattr(self, name)
+            sd = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
+            net.load_state_dict(sd)
+        self.opt_G.load_state_dict(ckpt.unflatten_optimizer("opt_G", tensors, meta["opt_G"]))
+        self.opt_D.load_state_dict(ckpt.unflatten_optimizer("opt_D", tensors, meta["opt_D"]))
+        self.scaler_G.load_state_dict(meta["scaler_G"])
+        self.scaler_D.load_state_dict(meta["scaler_D"])
+        for name, pool in (("pool_A", self.pool_A), ("pool_B", self.pool_B)):
+            pool.count = int(meta["pool_counts"][name])
+            if pool.count:
+                imgs = tensors[f"{name}.images"].to(self.device)
+                pool.images = torch.zeros((pool.size, *imgs.shape[1:]), dtype=imgs.dtype,
+                                          device=self.device)
+                pool.images[:pool.count] = imgs
+        torch.set_rng_state(tensors["rng.torch"])
+        same_world = int(meta.get("world_size", 1)) == self.world
+        if same_world:
+            self.data_gen.set_state(tensors["rng.data"])
+            self.pool_gen.set_state(tensors["rng.pool"])
+            if "rng.cuda" in tensors and self.device.type == "cuda":
+                torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        random.setstate(_py_random_from(meta["python_random"]))
+        np.random.set_state(_np_random_from(meta["numpy_random"]))
+        self.epoch = int(meta["epoch"])
+        self.global_step = int(meta["global_step"])
+        samples = int(meta.get("samples_in_epoch", 0))
+        self.step_in_epoch = samples // (self.cfg.batch_size * self.world)
+        if self.step_in_epoch >= self.steps_per_epoch:
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.history = list(meta.get("history", []))
+        self.best_score = -math.inf if meta.get("best_score") is None else float(meta["best_score"])
+        if self.master:
+            log.info("resumed %s at epoch %d, step %d (global %d)%s", path, self.epoch,
+                     self.step_in_epoch, self.global_step,
+                     "" if same_world else f" (run had {meta.get('world_size')} processes, now "
+                     f"{self.world}: data order continues, augmentation RNG reseeded)")
+
+    # -- one step
+    def epoch_order(self, epoch: int, n: int) -> list[int]:
+        """This rank's shard of the epoch's permutation (deterministic in seed and epoch)."""
+        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        perm = torch.randperm(n, generator=g)
+        need = self.steps_per_epoch * self.cfg.batch_size * self.world
+        if n < need:  # the smaller domain wraps around
+            perm = perm.repeat(math.ceil(need / n))[:need]
+        return perm[self.rank::self.world].tolist()
+
+    def batch(self, dom: Domain, order: list[int], step: int) -> torch.Tensor:
+        bs = self.cfg.batch_size
+        idx = order[step * bs:(step + 1) * bs]
+        u8 = augment(dom.images[idx], self.cfg.size, self.data_gen)
+        x = to_float(u8)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def train_step(self, real_A: torch.Tensor, real_B: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        lam_c, lam_i = cfg.lambda_cycle, cfg.lambda_cycle * cfg.lambda_identity
+        ac = autocast_ctx(self.device, self.precision)
+        # --- generators
+        for p in self.discs.parameters():
+            p.requires_grad_(False)
+        with ac:
+            fake_B, fake_A, rec_A, rec_B, idt_A, idt_B = self.gens_run(real_A, real_B)
+            pred_fake_B, pred_fake_A = self.discs_g(fake_B, fake_A)
+        g_adv_A = mse_to(pred_fake_B, 1.0)
+        g_adv_B = mse_to(pred_fake_A, 1.0)
+        cyc_A = F.l1_loss(rec_A.float(), real_A) * lam_c
+        cyc_B = F.l1_loss(rec_B.float(), real_B) * lam_c
+        idt_a = F.l1_loss(idt_A.float(), real_B) * lam_i
+        idt_b = F.l1_loss(idt_B.float(), real_A) * lam_i
+        loss_G = g_adv_A + g_adv_B + cyc_A + cyc_B + idt_a + idt_b
+        self.opt_G.zero_grad(set_to_none=True)
+        self.scaler_G.scale(loss_G).backward()
+        self.scaler_G.step(self.opt_G)
+        self.scaler_G.update()
+        # --- discriminators (history pools; real and fake in one call each)
+        for p in self.discs.parameters():
+            p.requires_grad_(True)
+        n = real_A.shape[0]
+        pooled_B = self.pool_A.query(fake_B)
+        pooled_A = self.pool_B.query(fake_A)
+        with ac:
+            out_A, out_B = self.discs_run(torch.cat([real_B, pooled_B]), torch.cat([real_A, pooled_A]))
+        real_pA, fake_pA = out_A.split(n)
+        real_pB, fake_pB = out_B.split(n)
+        loss_D_A = 0.5 * (mse_to(real_pA, 1.0) + mse_to(fake_pA, 0.0))
+        loss_D_B = 0.5 * (mse_to(real_pB, 1.0) + mse_to(fake_pB, 0.0))
+        self.opt_D.zero_grad(set_to_none=True)
+        self.scaler_D.scale(loss_D_A + loss_D_B).backward()
+        self.scaler_D.step(self.opt_D)
+        self.scaler_D.update()
+        return torch.stack([g_adv_A, g_adv_B, cyc_A, cyc_B, idt_a, idt_b, loss_G,
+                            loss_D_A, loss_D_B]).detach()
+
+    # -- per-epoch side effects (rank 0)
+    @torch.no_grad()
+    def translate_u8(self, net: nn.Module, u8: torch.Tensor) -> torch.Tensor:
+        x = to_float(F.interpolate(u8.float(), size=(self.cfg.size,) * 2, mode="bicubic",
+                                   antialias=True).clamp(0, 255).round().to(torch.uint8))
+        with autocast_ctx(self.device, self.precision):
+            y = net(x)
+        return to_uint8(y), to_uint8(x)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """SSIM of translations of held-back paired images against their partners."""
+        from facesketch.metrics import ssim
+        pairs = [n for n in self.held_A.names if n in self.held_B.names]
+        if not pairs:
+            return {}
+        ia = [self.held_A.names.index(n) for n in pairs]
+        ib = [self.held_B.names.index(n) for n in pairs]
+        for net in (self.G_A, self.G_B):
+            net.eval()
+        fake_B, _ = self.translate_u8(self.G_A, self.held_A.images[ia])
+        fake_A, _ = self.translate_u8(self.G_B, self.held_B.images[ib])
+        _, real_B = self.translate_u8(nn.Identity(), self.held_B.images[ib])
+        _, real_A = self.translate_u8(nn.Identity(), self.held_A.images[ia])
+        for net in (self.G_A, self.G_B):
+            net.train()
+        hwc = lambda t: t.permute(0, 2, 3, 1).cpu().numpy()  # noqa: E731
+        p2s = float(np.mean([ssim(a, b) for a, b in zip(hwc(fake_B), hwc(real_B))]))
+        s2p = float(np.mean([ssim(a, b) for a, b in zip(hwc(fake_A), hwc(real_A))]))
+        return {"ssim_photo2sketch": p2s, "ssim_sketch2photo": s2p, "score": (p2s + s2p) / 2,
+                "pairs": len(pairs)}
+
+    @torch.no_grad()
+    def sample_grid(self, path: Path, k: int = 4) -> None:
+        """Rows: input | translated | reconstructed, for k held-back photos and sketches."""
+        from PIL import Image
+        rows = []
+        for dom, fwd, back in ((self.held_A, self.G_A, self.G_B), (self.held_B, self.G_B, self.G_A)):
+            if len(dom) == 0:
+                continue
+            for net in (fwd, back):
+                net.eval()
+            y, x = self.translate_u8(fwd, dom.images[:k])
+            z, _ = self.translate_u8(back, y)
+            for net in (fwd, back):
+                net.train()
+            for i in range(x.shape[0]):
+                rows.append(torch.cat([x[i], y[i], z[i]], dim=2))
+        if not rows:
+            return
+        grid = torch.cat(rows, dim=1).permute(1, 2, 0).cpu().numpy()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(path)
+
+    def end_of_epoch(self, losses: dict[str, float], seconds: float) -> None:
+        val = self.validate()
+        entry = {"epoch": self.epoch, "global_step": self.global_step, "seconds": round(seconds, 2),
+                 "lr": self.opt_G.param_groups[0]["lr"], "losses": losses}
+        if val:
+            entry["val"] = val
+        self.history.append(entry)
+        self.sample_grid(self.out / "samples" / f"epoch_{self.epoch:03d}.png")
+        plot_losses(self.out / "log.jsonl", self.out / "losses.png")
+        if val and val["score"] > self.best_score:
+            self.best_score = val["score"]
+            ckpt.save_model(self.out / "best", self.G_A, self.G_B, self.model_config())
+            log.info("epoch %d: validation score %.4f is the best so far -> %s", self.epoch,
+                     val["score"], self.out / "best")
+
+    def fit_detector(self) -> bool:
+        """Refit the photo/sketch detector on this run's training images."""
+        if not self.cfg.fit_detector:
+            return False
+        from runtime.domain import fit_detector
+        hwc = lambda d: d.images.permute(0, 2, 3, 1).cpu().numpy()  # noqa: E731
+        self.detector = fit_detector(hwc(self.train_A), hwc(self.train_B))
+        log.info("domain detector refit on %d photos and %d sketches", len(self.train_A),
+                 len(self.train_B))
+        return True
+
+
+def _py_random_state():
+    v, state, gauss = random.getstate()
+    return [v, list(state), gauss]
+
+
+def _py_random_from(s):
+    return (s[0], tuple(s[1]), s[2])
+
+
+def _np_random_state():
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _np_random_from(s):
+    return (s[0], np.array(s[1], dtype=np.uint32), s[2], s[3], s[4])
+
+
+def plot_losses(log_path: Path, out: Path) -> None:
+    if not log_path.is_file():
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "losses" in r]
+    if not rows:
+        return
+    steps = [r["global_step"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for name in ("G", "cycle_A", "cycle_B"):
+        axes[0].plot(steps, [r["losses"][name] for r in rows], label=name)
+    for name in ("D_A", "D_B", "G_adv_A", "G_adv_B"):
+        axes[1].plot(steps, [r["losses"][name] for r in rows], label=name)
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, out)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (or resume) a CycleGAN; returns the run folder holding the checkpoint."""
+    run = Run(cfg)
+    try:
+        return _train(run)
+    finally:
+        if run.ddp:
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _train(run: Run) -> Path:
+    cfg = run.cfg
+    if run.master:
+        state_file = run.out / ckpt.STATE_FILE
+        if state_file.exists() and not cfg.resume:
+            raise ckpt.CheckpointError(f"{run.out} already holds a run; pass --resume to continue "
+                                       "it, or choose another --out")
+        run.out.mkdir(parents=True, exist_ok=True)
+    run.load_data()
+    run.build()
+    if cfg.resume:
+        run.resume()
+    run.wrap()
+    if run.master:
+        log.info("device %s, precision %s, compile %s, channels_last %s, batch %d, world %d",
+                 run.device, run.precision, cfg.compile, run.channels_last, cfg.batch_size, run.world)
+    run.last_save = time.monotonic()
+    total_steps = cfg.epochs * run.steps_per_epoch
+    log_file = open(run.out / "log.jsonl", "a") if run.master else None
+    bar = None
+    if run.master and cfg.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps),
+                   initial=run.global_step, unit="it", dynamic_ncols=True, mininterval=1.0)
+    stopped = False
+    try:
+        with _Interrupt() as intr:
+            while run.epoch < cfg.epochs and not stopped:
+                lr = cfg.lr * lr_factor(run.epoch, cfg.epochs)
+                for opt in (run.opt_G, run.opt_D):
+                    for g in opt.param_groups:
+                        g["lr"] = lr
+                order_A = run.epoch_order(run.epoch, len(run.train_A))
+                order_B = run.epoch_order(run.epoch, len(run.train_B))
+                loss_sum = torch.zeros(len(LOSS_NAMES), device=run.device)
+                epoch_sum = torch.zeros(len(LOSS_NAMES), device=run.device)
+                n_sum, n_epoch, t_epoch, t_log = 0, 0, time.perf_counter(), time.perf_counter()
+                while run.step_in_epoch < run.steps_per_epoch:
+                    real_A = run.batch(run.train_A, order_A, run.step_in_epoch)
+                    real_B = run.batch(run.train_B, order_B, run.step_in_epoch)
+                    losses = run.train_step(real_A, real_B)
+                    loss_sum += losses
+                    n_sum += 1
+                    run.step_in_epoch += 1
+                    run.global_step += 1
+                    if bar is not None:
+                        bar.update(1)
+                    if n_sum == cfg.log_every or run.step_in_epoch == run.steps_per_epoch:
+                        vals = (loss_sum / n_sum).tolist()  # the one host sync per log_every steps
+                        epoch_sum += loss_sum
+                        n_epoch += n_sum
+                        now = time.perf_counter()
+                        rec = {"epoch": run.epoch, "global_step": run.global_step, "lr": lr,
+                               "it_s": n_sum / max(now - t_log, 1e-9),
+                               "losses": dict(zip(LOSS_NAMES, [round(v, 5) for v in vals]))}
+                        if log_file:
+                            log_file.write(json.dumps(rec) + "\n")
+                            log_file.flush()
+                        if bar is not None:
+                            bar.set_postfix(G=f"{vals[6]:.3f}", D=f"{vals[7] + vals[8]:.3f}",
+                                            epoch=run.epoch)
+                        loss_sum.zero_()
+                        n_sum, t_log = 0, now
+                    if cfg.max_steps is not None and run.global_step >= cfg.max_steps:
+                        stopped = True
+                        break
+                    if intr.requested:
+                        stopped = True
+                        break
+                    if time.monotonic() - run.last_save > cfg.checkpoint_minutes * 60:
+                        run.save("periodic")
+                if stopped and run.step_in_epoch < run.steps_per_epoch:
+                    run.save("stopped mid-epoch" if not intr.requested else "interrupted")
+                    break
+                if run.master:
+                    n_epoch = max(n_epoch, 1)
+                    run.end_of_epoch(dict(zip(LOSS_NAMES, [round(v, 5) for v in (epoch_sum / n_epoch).tolist()])),
+                                     time.perf_counter() - t_epoch)
+                run.epoch += 1
+                run.step_in_epoch = 0
+                run.save("end of epoch")
+                if run.epoch == cfg.epochs and run.master and run.fit_detector():
+                    # The detector travels in the checkpoint config: rewrite the model files.
+                    ckpt.save_model(run.out, run.G_A, run.G_B, run.model_config())
+                    if (run.out / "best" / ckpt.MODEL_FILE).is_file():
+                        ckpt.add_detector(run.out / "best", run.detector)
+    finally:
+        if bar is not None:
+            bar.close()
+        if log_file:
+            log_file.close()
+    if run.master:
+        log.info("done: %s (epoch %d, step %d)", run.out, run.epoch, run.global_step)
+    return run.out
