@@ -1,0 +1,165 @@
+"""JSON/PNG API: /api/translate, /api/health, /api/info.
+
+Every error under /api is JSON: ``{"error": message, "code": code, "status": n}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from PIL import Image
+
+from facesketch.imageio import ImageError
+
+from .engine import ModelHolder, NotReady, QueueFull, Timeout
+from .uploads import UploadError, read_image
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+DIRECTIONS = ("auto", "photo2sketch", "sketch2photo")
+
+
+def holder() -> ModelHolder:
+    return current_app.extensions["facesketch"]
+
+
+def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    resp = jsonify({"error": message, "code": code, "status": status})
+    resp.status_code = status
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+def _retry_after() -> dict[str, str]:
+    return {"Retry-After": str(current_app.config["FACESKETCH"].retry_after_s)}
+
+
+def encode_png(rgb, level: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=level)
+    return buf.getvalue()
+
+
+def _wants_json() -> bool:
+    best = request.accept_mimetypes.best_match(["image/png", "application/json"])
+    return best == "application/json"
+
+
+@bp.post("/translate")
+def translate() -> Response:
+    cfg = current_app.config["FACESKETCH"]
+    h = holder()
+    if not h.ready:
+        raise NotReady(h.error or f"the model is {h.state}; try again shortly")
+    batcher = h.batcher
+    assert batcher is not None
+    t0 = time.perf_counter()
+    batcher.announce()
+    submitted = False
+    try:
+        direction = request.form.get("direction", "auto").strip() or "auto"
+        if direction not in DIRECTIONS:
+            raise UploadError(400, "bad_direction",
+                              f"unknown direction {direction!r}; use one of {', '.join(DIRECTIONS)}")
+        upload = request.files.get("image")
+        if upload is None:
+            raise UploadError(400, "no_file",
+                              "no image: send the file in the multipart form field 'image'")
+        data = upload.read()
+        rgb = read_image(data, cfg.formats, cfg.max_pixels)
+        job = batcher.submit(rgb, direction, announced=True)
+        submitted = True
+    finally:
+        if not submitted:
+            batcher.withdraw()
+    res = job.wait(cfg.request_timeout_s)
+    png = encode_png(res.image, cfg.png_compress_level)
+    fields: dict[str, Any] = {
+        "direction": res.direction,
+        "domain": res.domain,
+        "confidence": round(float(res.confidence), 4),
+        "backend": res.backend,
+        "latency_ms": round(float(res.latency_ms), 2),
+        "batch_size": job.batch_size,
+        "server_ms": round((time.perf_counter() - t0) * 1000.0, 2),
+        "width": int(res.image.shape[1]),
+        "height": int(res.image.shape[0]),
+    }
+    headers = {
+        "X-Direction": fields["direction"],
+        "X-Detected-Domain": fields["domain"],
+        "X-Confidence": f"{fields['confidence']:.4f}",
+        "X-Backend": str(fields["backend"]),
+        "X-Latency-Ms": f"{fields['latency_ms']:.2f}",
+        "X-Batch-Size": str(fields["batch_size"]),
+        "X-Server-Ms": f"{fields['server_ms']:.2f}",
+        "Cache-Control": "no-store",
+    }
+    if _wants_json():
+        fields["image_png_base64"] = base64.b64encode(png).decode("ascii")
+        resp = jsonify(fields)
+    else:
+        resp = Response(png, mimetype="image/png")
+    resp.headers.update(headers)
+    return resp
+
+
+@bp.get("/health")
+def health() -> Response:
+    h = holder()
+    if h.ready:
+        return jsonify({"status": "ok", "backend": h.translator.backend,
+                        "load_seconds": round(h.load_seconds or 0.0, 3)})
+    if h.state == "failed":
+        return error(503, "model_failed", f"the model failed to load: {h.error}")
+    return error(503, "model_loading", f"the model is {h.state}", _retry_after())
+
+
+@bp.get("/info")
+def info() -> Response:
+    h = holder()
+    cfg = current_app.config["FACESKETCH"]
+    out: dict[str, Any] = {
+        "state": h.state,
+        "error": h.error,
+        "config": {k: v for k, v in cfg.to_dict().items()},
+        "server": h.batcher.stats() if h.batcher is not None else None,
+        "load_seconds": h.load_seconds,
+        "warmup_ms": h.warmup_ms,
+    }
+    if h.ready:
+        out["translator"] = h.translator.info()
+        out["backend"] = h.translator.backend
+        out["image_size"] = h.translator.image_size
+    return jsonify(out)
+
+
+# ------------------------------------------------------------------ errors
+@bp.app_errorhandler(UploadError)
+def _upload_error(exc: UploadError) -> Response:
+    return error(exc.status, exc.code, exc.message)
+
+
+@bp.app_errorhandler(ImageError)
+def _image_error(exc: ImageError) -> Response:
+    return error(400, "bad_image", str(exc))
+
+
+@bp.app_errorhandler(QueueFull)
+def _queue_full(exc: QueueFull) -> Response:
+    return error(503, "busy", f"{exc}; retry shortly", _retry_after())
+
+
+@bp.app_errorhandler(NotReady)
+def _not_ready(exc: NotReady) -> Response:
+    return error(503, "model_not_ready", str(exc), _retry_after())
+
+
+@bp.app_errorhandler(Timeout)
+def _timeout(exc: Timeout) -> Response:
+    return error(504, "timeout", str(exc), _retry_after())
