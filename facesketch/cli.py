@@ -33,7 +33,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from training.trainer import train
     keys = ("out", "data", "photos", "sketches", "size", "blocks", "epochs", "batch_size",
             "max_images", "holdout", "device", "precision", "compile", "seed", "resume",
-            "max_steps", "lr", "log_every")
+            "max_steps", "lr", "log_every", "ngf", "ndf")
     cfg = TrainConfig(**{k: getattr(a, k) for k in keys if getattr(a, k) is not None},
                       progress=not a.no_progress)
     out = train(cfg)
@@ -49,6 +49,34 @@ def cmd_import_reference(a: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------- parser
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `facesketch train`; also `python -m training` (torchrun) uses them."""
+    p.add_argument("--data", help="folder in a known layout (CUFS, Kaggle, CycleGAN trainA/trainB)")
+    p.add_argument("--photos", help="folder of photos (with --sketches, instead of --data)")
+    p.add_argument("--sketches", help="folder of sketches")
+    p.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
+    p.add_argument("--size", type=int, help="image size (default 128)")
+    p.add_argument("--blocks", type=int, help="residual blocks in each generator (default 3)")
+    p.add_argument("--epochs", type=int, help="epochs: constant LR for half, then linear decay")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-images", type=int, help="use at most N images per domain")
+    p.add_argument("--holdout", type=int, help="images per domain held back for samples/validation")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile G and D")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue the run in --out exactly where it stopped")
+    p.add_argument("--max-steps", type=int, help="stop (with a checkpoint) at this global step")
+    p.add_argument("--log-every", type=int, help="steps between loss read-backs")
+    p.add_argument("--nproc", type=int, help="processes (torchrun/DDP); GPUs or CPU (gloo)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # Network widths (reference: 64); hidden, for tiny test and debugging runs.
+    p.add_argument("--ngf", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--ndf", type=int, help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="facesketch",
                                 description="Face photo <-> sketch translation with CycleGAN.")
@@ -56,27 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a CycleGAN on photo and sketch folders")
-    t.add_argument("--data", help="folder in a known layout (CUFS, Kaggle, CycleGAN trainA/trainB)")
-    t.add_argument("--photos", help="folder of photos (with --sketches, instead of --data)")
-    t.add_argument("--sketches", help="folder of sketches")
-    t.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
-    t.add_argument("--size", type=int, help="image size (default 128)")
-    t.add_argument("--blocks", type=int, help="residual blocks in each generator (default 3)")
-    t.add_argument("--epochs", type=int, help="epochs: constant LR for half, then linear decay")
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--max-images", type=int, help="use at most N images per domain")
-    t.add_argument("--holdout", type=int, help="images per domain held back for samples/validation")
-    t.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    t.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
-    t.add_argument("--compile", action="store_true", default=None, help="torch.compile G and D")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--resume", action="store_true", default=None,
-                   help="continue the run in --out exactly where it stopped")
-    t.add_argument("--max-steps", type=int, help="stop (with a checkpoint) at this global step")
-    t.add_argument("--log-every", type=int, help="steps between loss read-backs")
-    t.add_argument("--nproc", type=int, help="processes (torchrun/DDP); GPUs or CPU (gloo)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_train_arguments(t)
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("import-reference", help="convert reference CycleGAN generators (.pth)")
