@@ -48,6 +48,15 @@ def cmd_import_reference(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    from webui.config import WebConfig
+    from webui.serve import default_model, serve
+    model = a.model or str(default_model())
+    cfg = WebConfig(model=model, backend=a.backend)
+    cfg.validate()
+    return serve(cfg, host=a.host, port=a.port, threads=a.threads, share=a.share)
+
+
 # ----------------------------------------------------------------- parser
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `facesketch train`; also `python -m training` (torchrun) uses them."""
@@ -93,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="checkpoint folder to write")
     r.add_argument("--size", type=int, default=256, help="image size the model was trained at")
     r.set_defaults(func=cmd_import_reference)
+
+    sv = sub.add_parser("serve", help="serve the web page and API (waitress)")
+    sv.add_argument("--model", help="bundle folder (or checkpoint); default bundles/default, "
+                    "else the packaged model")
+    sv.add_argument("--backend", default="auto", help="runtime backend (default: auto, the fastest measured)")
+    sv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=5000, help="port (default 5000; 0 = any free port)")
+    sv.add_argument("--threads", type=int, default=8, help="waitress worker threads (default 8)")
+    sv.add_argument("--share", action="store_true",
+                    help="also open a public ngrok link (token from the NGROK_AUTHTOKEN env variable)")
+    sv.set_defaults(func=cmd_serve)
     return p
 
 
