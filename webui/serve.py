@@ -50,7 +50,7 @@ def default_model() -> Path:
 def ngrok_agent_path() -> str | None:
     """Where pyngrok would run the ngrok agent from, if it is installed there."""
     from pyngrok import conf
-    path = conf.get_default().ngrok_path   # honours PYNGROK_NGROK_PATH
+    path = conf.PyngrokConfig().ngrok_path   # honours PYNGROK_NGROK_PATH (read now)
     return path if os.path.isfile(path) else None
 
 
@@ -74,7 +74,7 @@ def open_tunnel(port: int, say: Printer = _print) -> str | None:
     logging.getLogger("pyngrok").setLevel(logging.WARNING)
     agent = ngrok_agent_path()
     if agent is None:
-        say(f"--share: the ngrok agent is not installed at {conf.get_default().ngrok_path} "
+        say(f"--share: the ngrok agent is not installed at {conf.PyngrokConfig().ngrok_path} "
             "(facesketch never downloads at run time; install it once with "
             "`python -c \"from pyngrok import ngrok; ngrok.install_ngrok()\"` or set "
             "PYNGROK_NGROK_PATH); serving locally only.")
