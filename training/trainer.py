@@ -37,6 +37,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import (DataError, Domain, augment, choose_holdout, load_domain, load_size_for,
                    resolve_layout, split_holdout, to_float, to_uint8)
+from .launch import write_rank_digest
 from .networks import build_discriminator, build_generator, init_weights
 
 log = logging.getLogger("facesketch.train")
@@ -197,6 +198,8 @@ class Run:
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
             dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+            # CPU side channel for the per-step stop vote (no GPU sync); gloo: the default group.
+            self.ctl_group = dist.new_group(backend="gloo") if self.device.type == "cuda" else None
         else:
             self.rank, self.world = 0, 1
             self.device = pick_device(cfg, 0)
@@ -363,7 +366,7 @@ class Run:
                 pool.images[:pool.count] = imgs
         torch.set_rng_state(tensors["rng.torch"])
         same_world = int(meta.get("world_size", 1)) == self.world
-        if same_world:
+        if same_world and self.master:  # the saved generators are rank 0's; others keep their own seeds
             self.data_gen.set_state(tensors["rng.data"])
             self.pool_gen.set_state(tensors["rng.pool"])
             if "rng.cuda" in tensors and self.device.type == "cuda":
@@ -383,6 +386,16 @@ class Run:
                      self.step_in_epoch, self.global_step,
                      "" if same_world else f" (run had {meta.get('world_size')} processes, now "
                      f"{self.world}: data order continues, augmentation RNG reseeded)")
+
+    def agree_stop(self, local: bool) -> bool:
+        """Under DDP every rank must stop after the same step (else the others hang in the
+        next all-reduce): a stop asked on any rank (Ctrl-C, SIGINT from torchrun) stops all."""
+        if not self.ddp:
+            return local
+        import torch.distributed as dist
+        flag = torch.tensor([1 if local else 0], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.ctl_group)
+        return bool(flag.item())
 
     # -- one step
     def epoch_order(self, epoch: int, n: int) -> list[int]:
@@ -570,7 +583,9 @@ def train(cfg: TrainConfig) -> Path:
     """Train (or resume) a CycleGAN; returns the run folder holding the checkpoint."""
     run = Run(cfg)
     try:
-        return _train(run)
+        out = _train(run)
+        write_rank_digest(run, "end")  # test hook, only with FACESKETCH_DEBUG_RANK_DIGEST set
+        return out
     finally:
         if run.ddp:
             import torch.distributed as dist
@@ -591,6 +606,7 @@ def _train(run: Run) -> Path:
     if cfg.resume:
         run.resume()
     run.wrap()
+    write_rank_digest(run, "start")
     if run.master:
         log.info("device %s, precision %s, compile %s, channels_last %s, batch %d, world %d",
                  run.device, run.precision, cfg.compile, run.channels_last, cfg.batch_size, run.world)
@@ -644,7 +660,7 @@ def _train(run: Run) -> Path:
                     if cfg.max_steps is not None and run.global_step >= cfg.max_steps:
                         stopped = True
                         break
-                    if intr.requested:
+                    if run.agree_stop(intr.requested):
                         stopped = True
                         break
                     if time.monotonic() - run.last_save > cfg.checkpoint_minutes * 60:
