@@ -33,7 +33,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from training.trainer import train
     keys = ("out", "data", "photos", "sketches", "size", "blocks", "epochs", "batch_size",
             "max_images", "holdout", "device", "precision", "compile", "seed", "resume",
-            "max_steps", "lr", "log_every", "ngf", "ndf")
+            "max_steps", "lr", "log_every", "ngf", "ndf", "compile_mode")
     cfg = TrainConfig(**{k: getattr(a, k) for k in keys if getattr(a, k) is not None},
                       progress=not a.no_progress)
     out = train(cfg)
@@ -73,6 +73,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile G and D")
+    p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile mode (reduce-overhead = CUDA graphs)")
     p.add_argument("--seed", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--resume", action="store_true", default=None,

@@ -25,6 +25,9 @@ class TrainConfig:
     device: str = choices("auto", "cpu", "cuda", default="auto")
     precision: str = choices("auto", "fp32", "bf16", "fp16", default="auto")
     compile: bool = False
+    # torch.compile mode; "reduce-overhead" captures CUDA graphs (batch-1 GPU steps are
+    # launch-bound), "max-autotune" also autotunes kernels.
+    compile_mode: str = choices("default", "reduce-overhead", "max-autotune", default="default")
     channels_last: Optional[bool] = None  # None: on for CUDA, off for CPU
     seed: int = 0
     resume: bool = False

@@ -273,8 +273,8 @@ class Run:
         """compile, then DDP: the order nanoGPT uses."""
         gens, discs = self.gens, self.discs
         if self.cfg.compile:
-            gens = torch.compile(gens)
-            discs = torch.compile(discs)
+            gens = torch.compile(gens, mode=self.cfg.compile_mode)
+            discs = torch.compile(discs, mode=self.cfg.compile_mode)
         if self.ddp:
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -282,7 +282,7 @@ class Run:
             discs = DDP(discs, device_ids=ids)
         self.gens_run, self.discs_run = gens, discs
         # Discriminators judged in the G step without DDP hooks (their grads are off).
-        self.discs_g = torch.compile(self.discs) if self.cfg.compile else self.discs
+        self.discs_g = torch.compile(self.discs, mode=self.cfg.compile_mode) if self.cfg.compile else self.discs
 
     # -- checkpoints
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -686,5 +686,9 @@ def _train(run: Run) -> Path:
         if log_file:
             log_file.close()
     if run.master:
-        log.info("done: %s (epoch %d, step %d)", run.out, run.epoch, run.global_step)
+        if run.epoch < cfg.epochs:
+            log.warning("stopped at epoch %d, step %d of %d; continue with the same command "
+                        "plus --resume", run.epoch, run.global_step, total_steps)
+        else:
+            log.info("done: %s (epoch %d, step %d)", run.out, run.epoch, run.global_step)
     return run.out
