@@ -52,7 +52,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from webui.config import WebConfig
     from webui.serve import default_model, serve
     model = a.model or str(default_model())
-    cfg = WebConfig(model=model, backend=a.backend)
+    cfg = WebConfig(model=model, backend=a.backend, server=a.server or "")
     cfg.validate()
     return serve(cfg, host=a.host, port=a.port, threads=a.threads, share=a.share)
 
@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--model", help="bundle folder (or checkpoint); default bundles/default, "
                     "else the packaged model")
     sv.add_argument("--backend", default="auto", help="runtime backend (default: auto, the fastest measured)")
+    sv.add_argument("--server", help="Triton Inference Server HOST:PORT (HTTP) for --backend triton")
     sv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     sv.add_argument("--port", type=int, default=5000, help="port (default 5000; 0 = any free port)")
     sv.add_argument("--threads", type=int, default=8, help="waitress worker threads (default 8)")

@@ -20,6 +20,7 @@ class WebConfig:
     # The model: a bundle folder (manifest.json) or a checkpoint (needs torch).
     model: str = ""
     backend: str = "auto"               # passed to runtime.Translator.load
+    server: str = ""                    # Triton server HOST:PORT, with backend "triton"
     device: str = "auto"
     # Uploads: bytes of the whole request, and decoded pixels (decompression bombs).
     max_upload_bytes: int = 10 * MiB

@@ -250,7 +250,8 @@ class ModelHolder:
         try:
             from runtime import Translator   # torch-free unless the model is a checkpoint
             log.info("loading model %s (backend %s, device %s)", cfg.model, cfg.backend, cfg.device)
-            translator = Translator.load(cfg.model, backend=cfg.backend, device=cfg.device)
+            translator = Translator.load(cfg.model, backend=cfg.backend, device=cfg.device,
+                                         **({"server": cfg.server} if cfg.server else {}))
             self.state = "warming"
             if cfg.warmup:
                 self._warm(translator)
