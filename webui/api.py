@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import time
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -78,11 +79,17 @@ def translate() -> Response:
         if not submitted:
             batcher.withdraw()
     res = job.wait(cfg.request_timeout_s)
+    domain, confidence = res.domain, res.confidence
+    if confidence is None:
+        # An explicit direction skips detection in the Translator; the page still
+        # shows what the image looks like (runtime's built-in detector).
+        from runtime.domain import detect_domain
+        domain, confidence = detect_domain(rgb)
     png = encode_png(res.image, cfg.png_compress_level)
     fields: dict[str, Any] = {
         "direction": res.direction,
-        "domain": res.domain,
-        "confidence": round(float(res.confidence), 4),
+        "domain": domain,
+        "confidence": round(float(confidence), 4),
         "backend": res.backend,
         "latency_ms": round(float(res.latency_ms), 2),
         "batch_size": job.batch_size,
@@ -127,7 +134,8 @@ def info() -> Response:
     out: dict[str, Any] = {
         "state": h.state,
         "error": h.error,
-        "config": {k: v for k, v in cfg.to_dict().items()},
+        # the model's folder name only: the page may be public (--share)
+        "config": {**cfg.to_dict(), "model": Path(cfg.model).name},
         "server": h.batcher.stats() if h.batcher is not None else None,
         "load_seconds": h.load_seconds,
         "warmup_ms": h.warmup_ms,

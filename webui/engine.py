@@ -7,8 +7,9 @@ and warm), then starts one ``MicroBatcher`` worker thread.
 ``MicroBatcher``: request threads decode their upload and ``submit`` the image
 to a bounded queue (full -> ``QueueFull``, answered 503 + Retry-After). The one
 worker takes the first waiting image, gathers more for at most
-``max_wait_ms`` (or until ``max_size``), groups them by requested direction and
-makes one ``Translator.translate_batch`` call per group. Counters (batches,
+``max_wait_ms`` (or until ``max_size``) and
+makes one ``Translator.translate_batch`` call for the batch (a direction per
+image; the Translator runs one engine call per direction group). Counters (batches,
 sizes, rejections) are exposed through ``stats()`` and ``/api/info``.
 """
 
@@ -142,36 +143,39 @@ class MicroBatcher:
             self._process(batch)
 
     def _process(self, batch: list[Job]) -> None:
-        groups: dict[str, list[Job]] = {}
-        for job in batch:
-            groups.setdefault(job.direction, []).append(job)
+        """One translate_batch call with a direction per image; the Translator makes
+        one engine call per direction group ("auto" images are detected first)."""
         t0 = time.perf_counter()
-        for direction, jobs in groups.items():
-            try:
-                results = self._translate_batch([j.image for j in jobs], direction=direction)
-                if len(results) != len(jobs):
-                    raise RuntimeError(f"translate_batch returned {len(results)} results "
-                                       f"for {len(jobs)} images")
-            except Exception as exc:  # noqa: BLE001 - handed to each waiting request
-                log.warning("batch of %d (%s) failed: %s; retrying one by one",
-                            len(jobs), direction, exc)
+        try:
+            results = self._translate_batch([j.image for j in batch],
+                                            direction=[j.direction for j in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"translate_batch returned {len(results)} results "
+                                   f"for {len(batch)} images")
+        except Exception as exc:  # noqa: BLE001 - handed to each waiting request
+            if len(batch) > 1:
+                log.warning("batch of %d failed (%s: %s); retrying one by one",
+                            len(batch), type(exc).__name__, exc)
                 with self._lock:
                     self._failed_batches += 1
-                self._one_by_one(jobs, direction)
-                continue
-            for job, res in zip(jobs, results):
-                job.result, job.batch_size = res, len(jobs)
+                self._one_by_one(batch)
+            else:
+                batch[0].error = exc
+                batch[0].done.set()
+        else:
+            for job, res in zip(batch, results):
+                job.result, job.batch_size = res, len(batch)
                 job.done.set()
         with self._lock:
             self._sizes[len(batch)] += 1
             self._items += len(batch)
             self._engine_s += time.perf_counter() - t0
 
-    def _one_by_one(self, jobs: list[Job], direction: str) -> None:
+    def _one_by_one(self, jobs: list[Job]) -> None:
         """After a failed batch, give every request its own answer or its own error."""
         for job in jobs:
             try:
-                job.result = self._translate_batch([job.image], direction=direction)[0]
+                job.result = self._translate_batch([job.image], direction=job.direction)[0]
                 job.batch_size = 1
             except Exception as exc:  # noqa: BLE001 - re-raised in the request thread
                 job.error = exc

@@ -1,0 +1,234 @@
+"""End to end in a real browser: `facesketch serve`'s waitress server on
+127.0.0.1, the page driven by headless Debian Chromium through Playwright.
+
+Uploads a CUFS test photo and a CUFS test sketch, checks the result image
+appears at the input's size and that the page shows the domain the detector
+finds (with the tiny random model the translation itself is noise; domain
+detection does not depend on the model), downloads the result, drives the
+webcam path with Chromium's fake camera, and saves screenshots (desktop and
+phone) to test-artifacts/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+pytestmark = [pytest.mark.browser, pytest.mark.cufs, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# A synthetic camera (moving test pattern) and auto-accepted permission prompt.
+FAKE_CAMERA_ARGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+TIMEOUT_MS = 120_000
+
+
+def _need_browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium)")
+    try:
+        from playwright.sync_api import sync_playwright  # noqa: F401
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install playwright; no browser download "
+                    "needed, the test uses /usr/bin/chromium)")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint):
+    """The real waitress server (as `facesketch serve` builds it) on a free loopback port."""
+    _need_browser()
+    from webui.config import WebConfig
+    from webui.serve import make_server
+    app, srv = make_server(WebConfig(model=str(tiny_checkpoint)), host="127.0.0.1", port=0,
+                           threads=4)
+    thread = threading.Thread(target=srv.run, name="waitress-test", daemon=True)
+    thread.start()
+    holder = app.extensions["facesketch"]
+    assert holder.wait(180), holder.error
+    yield f"http://127.0.0.1:{srv.effective_port}", app
+    srv.close()
+    holder.close()
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + FAKE_CAMERA_ARGS,
+                              headless=True)
+        yield b
+        b.close()
+
+
+def _watch(page, base: str) -> dict:
+    """Record every request's origin, console errors, and the API calls in flight."""
+    seen = {"urls": [], "console_errors": [], "in_flight": 0, "max_in_flight": 0, "api_calls": 0}
+
+    def on_request(req):
+        seen["urls"].append(req.url)
+        if req.url.endswith("/api/translate"):
+            seen["api_calls"] += 1
+            seen["in_flight"] += 1
+            seen["max_in_flight"] = max(seen["max_in_flight"], seen["in_flight"])
+
+    def on_done(req):
+        if req.url.endswith("/api/translate"):
+            seen["in_flight"] -= 1
+
+    page.on("request", on_request)
+    page.on("requestfinished", on_done)
+    page.on("requestfailed", on_done)
+    page.on("console", lambda m: m.type == "error" and seen["console_errors"].append(m.text))
+    page.on("pageerror", lambda e: seen["console_errors"].append(str(e)))
+    return seen
+
+
+def _only_local(seen: dict, base: str) -> None:
+    foreign = [u for u in seen["urls"] if not (u.startswith(base) or u.startswith(("blob:", "data:")))]
+    assert foreign == [], f"the page fetched from elsewhere: {foreign}"
+
+
+def _convert(page, path: Path) -> dict:
+    """Choose a file, wait for its result; returns what the page shows."""
+    before = page.get_attribute("#result-img", "src")
+    page.set_input_files("#file-input", str(path))
+    page.wait_for_function(
+        "(before) => { const r = document.getElementById('result-img');"
+        " return !r.hidden && r.src && r.src !== before && r.complete && r.naturalWidth > 0; }",
+        arg=before, timeout=TIMEOUT_MS)
+    return page.evaluate(
+        "() => ({domain: document.getElementById('domain').textContent,"
+        " confidence: document.getElementById('confidence').textContent,"
+        " backend: document.getElementById('backend').textContent,"
+        " latency: document.getElementById('latency').textContent,"
+        " direction: document.getElementById('result-img').dataset.direction,"
+        " w: document.getElementById('result-img').naturalWidth,"
+        " h: document.getElementById('result-img').naturalHeight,"
+        " error: document.getElementById('error').hidden ? '' : document.getElementById('error').textContent})")
+
+
+def test_page_converts_cufs_photo_and_sketch(server, browser, cufs):
+    from facesketch.imageio import decode
+    from runtime.domain import detect_domain
+    base, app = server
+    ARTIFACTS.mkdir(exist_ok=True)
+    backend = app.extensions["facesketch"].translator.backend
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = ctx.new_page()
+    seen = _watch(page, base)
+    page.goto(base + "/", wait_until="load")
+    page.wait_for_function("() => document.getElementById('status').textContent === 'ready'",
+                           timeout=TIMEOUT_MS)
+
+    cases = [(cufs / "test_photos" / "1.jpg", "photo", "photo2sketch"),
+             (cufs / "test_sketches" / "1.jpg", "sketch", "sketch2photo")]
+    for path, truth, direction in cases:
+        shown = _convert(page, path)
+        expected, _ = detect_domain(decode(path))
+        assert shown["error"] == ""
+        assert shown["domain"] == expected == truth, (path, shown)
+        assert shown["direction"] == direction
+        assert shown["backend"] == backend
+        assert shown["confidence"].endswith("%") and shown["latency"].endswith("ms")
+        assert (shown["w"], shown["h"]) == Image.open(path).size      # 200 x 250
+        page.screenshot(path=str(ARTIFACTS / f"browser_desktop_{truth}.png"), full_page=True)
+
+        # Download the result: a PNG at the input's size.
+        with page.expect_download(timeout=TIMEOUT_MS) as dl:
+            page.click("#download")
+        saved = ARTIFACTS / f"download_{truth}.png"
+        dl.value.save_as(str(saved))
+        assert dl.value.suggested_filename == f"facesketch-{direction}.png"
+        img = Image.open(saved)
+        assert img.format == "PNG" and img.size == Image.open(path).size
+
+    # Direction override: the sketch again, forced the "wrong" way.
+    page.select_option("#direction", "photo2sketch")
+    page.wait_for_function("() => document.getElementById('result-img').dataset.direction === 'photo2sketch'",
+                           timeout=TIMEOUT_MS)
+    assert page.text_content("#domain") == "sketch"
+
+    # A file that is not an image: a clear error on the page, and the page still works.
+    bad = ARTIFACTS / "not-an-image.png"
+    bad.write_bytes(b"this is not an image\n" * 10)
+    page.set_input_files("#file-input", str(bad))
+    page.wait_for_selector("#error:not([hidden])", timeout=TIMEOUT_MS)
+    assert "not an image" in page.text_content("#error")
+    page.select_option("#direction", "auto")
+    shown = _convert(page, cases[0][0])
+    assert shown["domain"] == "photo" and shown["error"] == ""
+
+    assert seen["max_in_flight"] == 1
+    # the browser logs the refused upload's 415; nothing else may go wrong
+    others = [e for e in seen["console_errors"] if not ("Failed to load resource" in e and "415" in e)]
+    assert others == [], seen["console_errors"]
+    _only_local(seen, base)
+    ctx.close()
+
+
+def test_page_on_a_phone(server, browser, cufs):
+    base, _ = server
+    ARTIFACTS.mkdir(exist_ok=True)
+    ctx = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                              is_mobile=True, has_touch=True)
+    page = ctx.new_page()
+    seen = _watch(page, base)
+    page.goto(base + "/", wait_until="load")
+    page.wait_for_function("() => document.getElementById('status').textContent === 'ready'",
+                           timeout=TIMEOUT_MS)
+    shown = _convert(page, cufs / "test_photos" / "2.jpg")
+    assert shown["domain"] == "photo"
+    # Nothing wider than the screen: no horizontal scrolling on a phone.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    for sel in ("#file-input + label", "#camera-btn", "#direction", "#result-img", "#input-img"):
+        box = page.locator(sel).bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 391, (sel, box)
+    page.screenshot(path=str(ARTIFACTS / "browser_phone.png"), full_page=True)
+    assert seen["console_errors"] == []
+    _only_local(seen, base)
+    ctx.close()
+
+
+def test_webcam_converts_continuously_one_request_at_a_time(server, browser):
+    """Chromium's fake camera: frames convert one after another while the camera
+    is on, never two in flight, and stop when it is turned off."""
+    base, _ = server
+    ARTIFACTS.mkdir(exist_ok=True)
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, permissions=["camera"])
+    page = ctx.new_page()
+    seen = _watch(page, base)
+    page.goto(base + "/", wait_until="load")
+    page.wait_for_function("() => document.getElementById('status').textContent === 'ready'",
+                           timeout=TIMEOUT_MS)
+    page.click("#camera-btn")
+    page.wait_for_function("() => document.getElementById('camera-btn').textContent === 'Stop camera'",
+                           timeout=TIMEOUT_MS)
+    # several frames, sent one after another
+    for _ in range(600):
+        if seen["api_calls"] >= 5:
+            break
+        page.wait_for_timeout(100)
+    assert seen["api_calls"] >= 5, seen["api_calls"]
+    assert seen["max_in_flight"] == 1
+    assert page.text_content("#roundtrip").endswith("ms")
+    page.screenshot(path=str(ARTIFACTS / "browser_camera.png"), full_page=True)
+    page.click("#camera-btn")
+    page.wait_for_function("() => document.getElementById('camera-btn').textContent === 'Start camera'")
+    page.wait_for_timeout(500)
+    after_stop = seen["api_calls"]
+    page.wait_for_timeout(1000)
+    assert seen["api_calls"] == after_stop, "frames were still sent after the camera stopped"
+    assert not page.is_hidden("#result-img")
+    assert seen["console_errors"] == []
+    _only_local(seen, base)
+    ctx.close()
