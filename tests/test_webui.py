@@ -628,3 +628,31 @@ def test_serve_default_model_lookup(tmp_path, monkeypatch):
             serve_mod.default_model()
     (tmp_path / "bundles" / "default").mkdir(parents=True)
     assert serve_mod.default_model() == Path("bundles") / "default"
+
+
+# ----------------------------------------------------------------- torch-free serving
+@pytest.mark.parametrize("backend,block_torch", [("onnx", False), ("auto", True)])
+def test_bundle_is_served_without_torch(tiny_bundle, tmp_path, backend, block_torch):
+    """A bundle is served with torch never imported: with an engine chosen by
+    format, and with "auto" on a box where torch cannot be imported at all
+    (sys.modules['torch'] = None is how Python spells "not installed")."""
+    code = (
+        "import io, sys\n"
+        + ("sys.modules['torch'] = None\n" if block_torch else "")
+        + "import numpy as np\n"
+        "from PIL import Image\n"
+        "from webui import WebConfig, create_app\n"
+        f"app = create_app(WebConfig(model={str(tiny_bundle)!r}, backend={backend!r}))\n"
+        "h = app.extensions['facesketch']\n"
+        "assert h.wait(300), h.error\n"
+        "buf = io.BytesIO()\n"
+        "Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 40, 3), np.uint8)).save(buf, 'PNG')\n"
+        "r = app.test_client().post('/api/translate', data={'image': (io.BytesIO(buf.getvalue()), 'x.png')})\n"
+        "print('STATUS', r.status_code, r.headers.get('X-Backend'))\n"
+        "print('TORCH', sys.modules.get('torch') is not None)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path, env=_serve_env(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "STATUS 200" in res.stdout, res.stdout
+    assert "TORCH False" in res.stdout, res.stdout
+    assert "torch" not in res.stdout.split("STATUS 200", 1)[1].splitlines()[0]
