@@ -57,6 +57,81 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return serve(cfg, host=a.host, port=a.port, threads=a.threads, share=a.share)
 
 
+DEFAULT_BUNDLE = Path("bundles") / "default"
+MAKE_BUNDLE = ("make one with `facesketch export runs/NAME --out bundles/default` "
+               "(or pass --model BUNDLE)")
+
+
+def _default_model(allow_checkpoint: bool) -> Path:
+    """bundles/default; for translate also the packaged checkpoint; else a clear error."""
+    if (DEFAULT_BUNDLE / "manifest.json").is_file():
+        return DEFAULT_BUNDLE
+    if allow_checkpoint:
+        from .models import DEFAULT_MODEL
+        if (DEFAULT_MODEL / "model.safetensors").is_file():
+            log.info("no bundles/default: using the packaged model %s (needs torch)", DEFAULT_MODEL)
+            return DEFAULT_MODEL
+    raise FileNotFoundError(f"no --model given and no bundle at {DEFAULT_BUNDLE}; {MAKE_BUNDLE}")
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from export import export_bundle
+    out = export_bundle(a.checkpoint, a.out, formats=a.formats, size=a.size, max_batch=a.max_batch,
+                        calibration=a.calibration)
+    import json
+    m = json.loads((out / "manifest.json").read_text())
+    print(f"bundle: {out}")
+    print(f"  {'format':<14}{'direction':<14}{'MB':>8}{'PSNR dB':>10}  file")
+    for e in m["files"]:
+        mb = (e["bytes"] + sum(c["bytes"] for c in e.get("companions", []))) / 1e6
+        print(f"  {e['format']:<14}{e['direction']:<14}{mb:>8.2f}{e['parity']['psnr_db']:>10.1f}  {e['path']}")
+    for name, why in {**m.get("skipped", {}), **m.get("refused", {})}.items():
+        print(f"  {name:<14}{'skipped' if name in m.get('skipped', {}) else 'REFUSED'}: {why}")
+    return 0
+
+
+def cmd_translate(a: argparse.Namespace) -> int:
+    from facesketch.imageio import IMAGE_SUFFIXES, ImageError, list_images, save_png
+    from runtime import Translator
+    inputs: list[Path] = []
+    for item in a.inputs:
+        p = Path(item)
+        if p.is_dir():
+            inputs += list_images(p)
+        elif p.is_file():
+            inputs.append(p)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+    if not inputs:
+        raise FileNotFoundError(f"no images ({' '.join(IMAGE_SUFFIXES)}) in {' '.join(a.inputs)}")
+    model = Path(a.model) if a.model else _default_model(allow_checkpoint=True)
+    t = Translator.load(model, backend=a.backend, device=a.device)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for p in inputs:
+        try:
+            r = t.translate(p, direction=a.direction)
+        except ImageError as exc:
+            print(f"{p}: skipped: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        dst = out / f"{p.stem}.{r.direction}.png"
+        save_png(r.image, dst)
+        conf = f" (confidence {r.confidence:.2f})" if r.confidence is not None else ""
+        print(f"{p} -> {dst}  [{r.domain}{conf}, {r.direction}, {r.backend}, {r.latency_ms:.1f} ms]")
+    return 1 if failed else 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from runtime.bench import default_json_path, run_bench
+    model = Path(a.model) if a.model else _default_model(allow_checkpoint=False)
+    json_out = a.json or default_json_path()
+    run_bench(model, backends=a.backends.split(",") if a.backends else None,
+              batch_sizes=a.batch_sizes, json_out=json_out, runs=a.runs, device=a.device)
+    return 0
+
+
 # ----------------------------------------------------------------- parser
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `facesketch train`; also `python -m training` (torchrun) uses them."""
@@ -116,6 +191,42 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--share", action="store_true",
                     help="also open a public ngrok link (token from the NGROK_AUTHTOKEN env variable)")
     sv.set_defaults(func=cmd_serve)
+
+    ex = sub.add_parser("export", help="export a checkpoint into a bundle of verified engines",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Export a checkpoint (or a run folder: its best/ checkpoint) "
+                        "into a bundle folder: manifest.json plus one file per direction and format, "
+                        "each checked against PyTorch fp32 on real images.\n\nformats:\n"
+                        + formats.help_table())
+    ex.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN", help="checkpoint or run folder")
+    ex.add_argument("--out", required=True, help="bundle folder to write, e.g. bundles/default")
+    ex.add_argument("--formats", default="all", help="comma list of formats, or all (default)")
+    ex.add_argument("--size", type=int, help="image size (default: the checkpoint's)")
+    ex.add_argument("--max-batch", type=int, default=32, help="largest batch (TensorRT profile; default 32)")
+    ex.add_argument("--calibration", help="folder of real images for int8 calibration and parity "
+                    "(photos/sketches layout, or one folder); default: the checkpoint's training data")
+    ex.set_defaults(func=cmd_export)
+
+    tr = sub.add_parser("translate", help="translate images (photo <-> sketch)")
+    tr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    tr.add_argument("--model", help="bundle folder (or checkpoint); default bundles/default")
+    tr.add_argument("--direction", default="auto", choices=("auto",) + formats.DIRECTIONS,
+                    help="default auto: detect whether each input is a photo or a sketch")
+    tr.add_argument("--backend", default="auto",
+                    help="auto (fastest measured here, cached), a backend name or a format name")
+    tr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    tr.add_argument("--out", default="translated", help="output folder (default ./translated)")
+    tr.set_defaults(func=cmd_translate)
+
+    be = sub.add_parser("bench", help="benchmark every backend of a bundle on this machine")
+    be.add_argument("--model", help="bundle folder; default bundles/default")
+    be.add_argument("--backends", help="comma list of backend or format names (default: all loadable)")
+    be.add_argument("--batch-sizes", type=_csv_ints, default=[1, 8], help="default 1,8")
+    be.add_argument("--runs", type=int, default=20, help="timed rounds at batch 1 (default 20)")
+    be.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    be.add_argument("--json", help="results file (default benchmarks/results/bench_<machine>.json "
+                    "when run in the repository)")
+    be.set_defaults(func=cmd_bench)
     return p
 
 

@@ -31,3 +31,49 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_ckpt")
     cfg = model_config(1, 8, 32)
     return save_model(out, init_weights(build_generator(1, 8)), init_weights(build_generator(1, 8)), cfg)
+
+
+# ------------------------------------------------------------------ export / runtime
+def _synthetic_face(rng, h: int, w: int, sketch: bool):
+    """A smooth face-like picture: a colour photo, or grey strokes on light paper."""
+    import numpy as np
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy, cx = h * rng.uniform(0.4, 0.6), w * rng.uniform(0.4, 0.6)
+    ring = ((yy - cy) / (0.38 * h)) ** 2 + ((xx - cx) / (0.3 * w)) ** 2
+    face = ring < 1.0
+    if sketch:
+        paper = 235 + 10 * rng.random((h, w))
+        g = np.where(np.abs(ring - 1.0) < 0.08, 60.0, paper) - 25 * face * rng.random((h, w))
+        return np.repeat(np.clip(g, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    base = rng.uniform(40, 200, 3)
+    skin = np.array([205, 160, 130]) * rng.uniform(0.7, 1.1)
+    img = base + (xx[..., None] / w) * rng.uniform(-40, 40, 3)
+    img = np.where(face[..., None], skin + 10 * np.sin(yy / 3)[..., None], img)
+    return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    """A CycleGAN-layout folder (trainA = photos, trainB = sketches) of 16 synthetic
+    40x50 images each: real files to calibrate/check exports where CUFS is not needed."""
+    import numpy as np
+    from PIL import Image
+    root = tmp_path_factory.mktemp("synthetic_data")
+    rng = np.random.default_rng(0)
+    for sub, sketch in (("trainA", False), ("trainB", True)):
+        (root / sub).mkdir()
+        for i in range(16):
+            Image.fromarray(_synthetic_face(rng, 50, 40, sketch)).save(root / sub / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_checkpoint, synthetic_data) -> Path:
+    """tiny_checkpoint exported with every format this machine can build, calibrated on
+    synthetic_data (session-wide: copy it before modifying it). openvino-int8 is kept
+    whatever its speed (speed_check=False) so its runtime path is always tested."""
+    pytest.importorskip("onnx")
+    from export import export_bundle
+    out = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
+    return export_bundle(tiny_checkpoint, out, formats="all", calibration=synthetic_data,
+                         speed_check=False)
