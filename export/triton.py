@@ -324,9 +324,9 @@ facesketch translate face.jpg --model BUNDLE --backend triton --server localhost
   version matches (NVIDIA's Frameworks Support Matrix lists it). When they do not
   match, delete the `*_trt` folders: the ONNX models build their TensorRT engines
   on the server itself.
-- On a machine without a GPU, re-export with `kind=cpu` (KIND_CPU instances, no
-  TensorRT), or edit `kind: KIND_GPU` to `KIND_CPU` and delete the `optimization`
-  block and the `*_trt` folders.
+- On a server without a GPU: in each `config.pbtxt` change `kind: KIND_GPU` to
+  `KIND_CPU` and delete the `optimization` block, and delete the `*_trt` folders
+  (or export with the triton format's `kind` option set to `cpu`).
 - Triton only loads folders holding a `config.pbtxt` and numbered version folders;
   this README is ignored by the server.
 """

@@ -105,7 +105,7 @@ def cmd_translate(a: argparse.Namespace) -> int:
     if not inputs:
         raise FileNotFoundError(f"no images ({' '.join(IMAGE_SUFFIXES)}) in {' '.join(a.inputs)}")
     model = Path(a.model) if a.model else _default_model(allow_checkpoint=True)
-    t = Translator.load(model, backend=a.backend, device=a.device)
+    t = Translator.load(model, backend=a.backend, device=a.device, server=a.server)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--backend", default="auto",
                     help="auto (fastest measured here, cached), a backend name or a format name")
     tr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    tr.add_argument("--server", help="Triton Inference Server HOST:PORT (HTTP) for --backend triton")
     tr.add_argument("--out", default="translated", help="output folder (default ./translated)")
     tr.set_defaults(func=cmd_translate)
 
