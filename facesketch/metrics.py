@@ -5,11 +5,20 @@ from RGB by the ITU-R BT.601 weights MATLAB's rgb2gray uses, an 11x11 Gaussian
 window with sigma 1.5, K1=0.01, K2=0.03, data range 255, the population
 (not sample) covariance, and only the window positions fully inside the image
 ('valid' filtering).
+
+FSIM and FSIMc follow Zhang, Zhang, Mou and Zhang (IEEE TIP 2011) and their
+reference FeatureSIM.m / phasecong2.m: phase congruency from log-Gabor filters
+(4 scales, 4 orientations, shortest wavelength 6, scale factor 2, sigmaOnf
+0.55, dThetaOnSigma 1.2, noise k 2.0) computed with FFTs, Scharr gradients,
+T1=0.85, T2=160; FSIMc adds the I and Q channels of YIQ (T3=T4=200,
+lambda=0.03). Images are first averaged and subsampled by
+F = max(1, round(min(rows, cols) / 256)), so at CUFS's 200x250 F = 1.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import fft as sp_fft
 from scipy import ndimage
 
 _GRAY = np.array([0.2989, 0.5870, 0.1140])
@@ -59,3 +68,168 @@ def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
         raise ValueError(f"PSNR needs arrays of the same shape, got {x.shape} and {y.shape}")
     mse = float(np.mean((x - y) ** 2))
     return float("inf") if mse == 0 else float(10 * np.log10(data_range ** 2 / mse))
+
+
+# --------------------------------------------------------------------- FSIM
+# Zhang, Zhang, Mou, Zhang, "FSIM: A Feature Similarity Index for Image Quality
+# Assessment", IEEE TIP 20(8), 2011, computed as their reference FeatureSIM.m and
+# phasecong2.m do (Kovesi's phase congruency with log-Gabor filters).
+_PC_SCALES, _PC_ORIENTS = 4, 4
+_PC_MIN_WAVELENGTH, _PC_MULT = 6, 2
+_PC_SIGMA_ONF, _PC_DTHETA_ON_SIGMA, _PC_K = 0.55, 1.2, 2.0
+_PC_EPS = 1e-4
+_T1, _T2, _T3, _T4, _LAMBDA = 0.85, 160.0, 200.0, 200.0, 0.03
+_YIQ = np.array([[0.299, 0.587, 0.114],     # the coefficients FeatureSIM.m uses
+                 [0.596, -0.274, -0.322],
+                 [0.211, -0.523, 0.312]])
+_SCHARR_X = np.array([[3.0, 0.0, -3.0], [10.0, 0.0, -10.0], [3.0, 0.0, -3.0]]) / 16.0
+
+
+def _freq_range(n: int) -> np.ndarray:
+    """Frequencies normalised to +-0.5 as phasecong2/lowpassfilter set them up."""
+    if n % 2:
+        return np.arange(-(n - 1) / 2, (n - 1) / 2 + 1) / (n - 1)
+    return np.arange(-n / 2, n / 2) / n
+
+
+_FILTER_CACHE: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def _log_gabor_bank(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(filters[o, s], EM_n[o], noise-sum terms[o]) for an image of this size (cached)."""
+    key = (rows, cols)
+    if key in _FILTER_CACHE:
+        return _FILTER_CACHE[key]
+    x, y = np.meshgrid(_freq_range(cols), _freq_range(rows))
+    radius = np.sqrt(x ** 2 + y ** 2)
+    theta = np.arctan2(-y, x)
+    lp = np.fft.ifftshift(1.0 / (1.0 + (radius / 0.45) ** (2 * 15)))   # lowpassfilter(.45, 15)
+    radius = np.fft.ifftshift(radius)
+    theta = np.fft.ifftshift(theta)
+    radius[0, 0] = 1.0
+    sin_t, cos_t = np.sin(theta), np.cos(theta)
+    log_gabor = []
+    for s in range(_PC_SCALES):
+        fo = 1.0 / (_PC_MIN_WAVELENGTH * _PC_MULT ** s)
+        lg = np.exp(-(np.log(radius / fo)) ** 2 / (2 * np.log(_PC_SIGMA_ONF) ** 2)) * lp
+        lg[0, 0] = 0.0
+        log_gabor.append(lg)
+    theta_sigma = np.pi / _PC_ORIENTS / _PC_DTHETA_ON_SIGMA
+    filters = np.empty((_PC_ORIENTS, _PC_SCALES, rows, cols))
+    em_n = np.empty(_PC_ORIENTS)
+    noise_terms = np.empty((_PC_ORIENTS, 2))
+    for o in range(_PC_ORIENTS):
+        angl = o * np.pi / _PC_ORIENTS
+        ds = sin_t * np.cos(angl) - cos_t * np.sin(angl)
+        dc = cos_t * np.cos(angl) + sin_t * np.sin(angl)
+        spread = np.exp(-np.abs(np.arctan2(ds, dc)) ** 2 / (2 * theta_sigma ** 2))
+        for s in range(_PC_SCALES):
+            filters[o, s] = log_gabor[s] * spread
+        em_n[o] = float((filters[o, 0] ** 2).sum())
+        ifft_filt = np.real(np.fft.ifft2(filters[o], axes=(-2, -1))) * np.sqrt(rows * cols)
+        sum_an2 = float((ifft_filt ** 2).sum())
+        sum_ai_aj = sum(float((ifft_filt[si] * ifft_filt[sj]).sum())
+                        for si in range(_PC_SCALES - 1) for sj in range(si + 1, _PC_SCALES))
+        noise_terms[o] = sum_an2, sum_ai_aj
+    if len(_FILTER_CACHE) > 8:
+        _FILTER_CACHE.clear()
+    _FILTER_CACHE[key] = (filters, em_n, noise_terms)
+    return filters, em_n, noise_terms
+
+
+def phase_congruency(img: np.ndarray) -> np.ndarray:
+    """Phase congruency map of a 2-D float image (phasecong2.m, the PC_2 measure)."""
+    im = np.asarray(img, dtype=np.float64)
+    rows, cols = im.shape
+    filters, em_n, noise_terms = _log_gabor_bank(rows, cols)
+    eo = sp_fft.ifft2(sp_fft.fft2(im)[None, None] * filters, axes=(-2, -1))   # [o, s, r, c]
+    energy_all = np.zeros((rows, cols))
+    an_all = np.zeros((rows, cols))
+    for o in range(_PC_ORIENTS):
+        e, od = eo[o].real, eo[o].imag
+        an = np.abs(eo[o])
+        sum_e, sum_o = e.sum(axis=0), od.sum(axis=0)
+        x_energy = np.sqrt(sum_e ** 2 + sum_o ** 2) + _PC_EPS
+        mean_e, mean_o = sum_e / x_energy, sum_o / x_energy
+        energy = (e * mean_e + od * mean_o - np.abs(e * mean_o - od * mean_e)).sum(axis=0)
+        # noise from the smallest scale: median of the squared amplitude (Rayleigh)
+        median_e2n = float(np.median(an[0] ** 2))
+        noise_power = (-median_e2n / np.log(0.5)) / em_n[o]
+        est_noise_energy2 = 2 * noise_power * noise_terms[o, 0] + 4 * noise_power * noise_terms[o, 1]
+        tau = np.sqrt(est_noise_energy2 / 2)
+        threshold = (tau * np.sqrt(np.pi / 2) + _PC_K * np.sqrt((2 - np.pi / 2) * tau ** 2)) / 1.7
+        energy_all += np.maximum(energy - threshold, 0.0)
+        an_all += an.sum(axis=0)
+    return energy_all / an_all
+
+
+def _downsample(x: np.ndarray, f: int) -> np.ndarray:
+    """conv2(x, fspecial('average', f), 'same') then x(1:f:end, 1:f:end), as FeatureSIM.m."""
+    if f == 1:
+        return x
+    before, after = (f - 1) - f // 2, f // 2     # where MATLAB's 'same' puts an even kernel
+    p = np.pad(x, ((before, after), (before, after)))
+    c = np.pad(p.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    h, w = x.shape
+    s = c[f:f + h, f:f + w] - c[:h, f:f + w] - c[f:f + h, :w] + c[:h, :w]
+    return (s / (f * f))[::f, ::f]
+
+
+def _gradient_magnitude(y: np.ndarray) -> np.ndarray:
+    ix = ndimage.convolve(y, _SCHARR_X, mode="constant")
+    iy = ndimage.convolve(y, _SCHARR_X.T, mode="constant")
+    return np.sqrt(ix ** 2 + iy ** 2)
+
+
+def _fsim(a: np.ndarray, b: np.ndarray, chromatic: bool) -> float:
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"FSIM needs images of the same size, got {x.shape} and {y.shape}")
+    if x.ndim == 3 and x.shape[2] == 1:
+        x, y = x[:, :, 0], y[:, :, 0]
+    colour = x.ndim == 3
+    if colour and x.shape[2] != 3:
+        raise ValueError(f"FSIM needs HxW or HxWx3 images, got shape {x.shape}")
+    if x.ndim not in (2, 3):
+        raise ValueError(f"FSIM needs HxW or HxWx3 images, got shape {x.shape}")
+    if chromatic and not colour:
+        raise ValueError("FSIMc needs colour (HxWx3) images; use fsim for grayscale")
+    rows, cols = x.shape[:2]
+    if min(rows, cols) < 8:
+        raise ValueError(f"FSIM needs images of at least 8x8, got {cols}x{rows}")
+    f = max(1, round(min(rows, cols) / 256))
+    if colour:
+        yx, yy = x @ _YIQ[0], y @ _YIQ[0]
+    else:
+        yx, yy = x, y
+    yx, yy = _downsample(yx, f), _downsample(yy, f)
+    pc1, pc2 = phase_congruency(yx), phase_congruency(yy)
+    g1, g2 = _gradient_magnitude(yx), _gradient_magnitude(yy)
+    pc_sim = (2 * pc1 * pc2 + _T1) / (pc1 ** 2 + pc2 ** 2 + _T1)
+    g_sim = (2 * g1 * g2 + _T2) / (g1 ** 2 + g2 ** 2 + _T2)
+    pcm = np.maximum(pc1, pc2)
+    sim = g_sim * pc_sim * pcm
+    if chromatic:
+        i1, i2 = _downsample(x @ _YIQ[1], f), _downsample(y @ _YIQ[1], f)
+        q1, q2 = _downsample(x @ _YIQ[2], f), _downsample(y @ _YIQ[2], f)
+        s_i = (2 * i1 * i2 + _T3) / (i1 ** 2 + i2 ** 2 + _T3)
+        s_q = (2 * q1 * q2 + _T4) / (q1 ** 2 + q2 ** 2 + _T4)
+        # MATLAB: real((S_I .* S_Q) .^ lambda): a negative product has a complex power
+        sim = sim * np.real(np.power((s_i * s_q).astype(np.complex128), _LAMBDA))
+    return float(sim.sum() / pcm.sum())
+
+
+def fsim(a: np.ndarray, b: np.ndarray) -> float:
+    """FSIM (grayscale) of two images of the same size, values 0..255.
+
+    Colour inputs are compared on their luma (Y of YIQ), as FeatureSIM.m's
+    first output does. 1.0 for identical images.
+    """
+    return _fsim(a, b, chromatic=False)
+
+
+def fsimc(a: np.ndarray, b: np.ndarray) -> float:
+    """FSIMc of two RGB images of the same size (values 0..255): FSIM times the
+    chromatic similarity of the I and Q channels of YIQ, as FeatureSIM.m's FSIMc."""
+    return _fsim(a, b, chromatic=True)
