@@ -64,11 +64,18 @@ DIRECTION_GENERATOR = {"photo2sketch": "G_A", "sketch2photo": "G_B"}
 SOURCE_DOMAIN = {"photo2sketch": "photo", "sketch2photo": "sketch"}
 
 
+class UnknownFormatError(KeyError, ValueError):
+    """A format name not in the table (a KeyError for lookups, a ValueError for the CLI)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown format"
+
+
 def get(name: str) -> Format:
     try:
         return FORMATS[name]
     except KeyError:
-        raise KeyError(f"unknown format {name!r}; known formats: {', '.join(FORMATS)}") from None
+        raise UnknownFormatError(f"unknown format {name!r}; known formats: {', '.join(FORMATS)}") from None
 
 
 def parse_list(spec: str | None) -> list[str]:
