@@ -120,6 +120,28 @@ def test_config_rejects_unknown_keys_and_bad_values(tiny_checkpoint):
     assert WebConfig().max_upload_bytes == 10 * 1024 * 1024
 
 
+# ----------------------------------------------------------------- png encoder
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (250, 200), (31, 17)])
+@pytest.mark.parametrize("level", [0, 1, 9])
+def test_fast_png_is_lossless_standard_png(shape, level):
+    from webui.pngenc import encode_png
+    rng = np.random.default_rng(sum(shape) + level)
+    rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    data = encode_png(rgb, level)
+    img = Image.open(io.BytesIO(data))
+    img.load()                                        # PIL checks every chunk's CRC
+    assert img.format == "PNG" and img.mode == "RGB" and img.size == (shape[1], shape[0])
+    assert np.array_equal(np.asarray(img), rgb)
+
+
+def test_fast_png_rejects_wrong_arrays():
+    from webui.pngenc import encode_png
+    for bad in (np.zeros((4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8),
+                np.zeros((4, 4, 3), np.float32), np.zeros((0, 4, 3), np.uint8)):
+        with pytest.raises(ValueError, match="HxWx3 uint8"):
+            encode_png(bad)
+
+
 # ----------------------------------------------------------------- routes
 def test_translate_png_with_headers(client):
     data = png(40, 50)

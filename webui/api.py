@@ -6,16 +6,15 @@ Every error under /api is JSON: ``{"error": message, "code": code, "status": n}`
 from __future__ import annotations
 
 import base64
-import io
 import time
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from PIL import Image
 
 from facesketch.imageio import ImageError
 
+from .pngenc import encode_png
 from .engine import ModelHolder, NotReady, QueueFull, Timeout
 from .uploads import UploadError, read_image
 
@@ -38,12 +37,6 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
 
 def _retry_after() -> dict[str, str]:
     return {"Retry-After": str(current_app.config["FACESKETCH"].retry_after_s)}
-
-
-def encode_png(rgb, level: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", compress_level=level)
-    return buf.getvalue()
 
 
 def _wants_json() -> bool:

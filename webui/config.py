@@ -39,7 +39,7 @@ class WebConfig:
     retry_after_s: int = 1
     request_timeout_s: float = 60.0     # a request waiting longer answers 504
     warmup: bool = True                 # run both directions once before /api/health says 200
-    png_compress_level: int = 3         # 0-9: result PNG size vs encode time
+    png_compress_level: int = 1         # 0-9: result PNG size vs encode time (deflate level)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "WebConfig":
