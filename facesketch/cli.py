@@ -132,6 +132,25 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from facesketch.evaluate import evaluate, markdown
+    from facesketch.sysinfo import write_result
+    report = evaluate(a.model, a.data, photos=a.photos, sketches=a.sketches, limit=a.limit,
+                      backend=a.backend, device=a.device, batch_size=a.batch_size, grid=a.grid)
+    table = markdown(report)
+    print(table, end="")
+    if a.json:
+        write_result(report, a.json)
+        print(f"report: {a.json}")
+    if a.markdown:
+        Path(a.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.markdown).write_text(table)
+        print(f"table: {a.markdown}")
+    if report["grid"]["path"]:
+        print(f"grid: {report['grid']['path']}")
+    return 0
+
+
 # ----------------------------------------------------------------- parser
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `facesketch train`; also `python -m training` (torchrun) uses them."""
@@ -228,6 +247,20 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--json", help="results file (default benchmarks/results/bench_<machine>.json "
                     "when run in the repository)")
     be.set_defaults(func=cmd_bench)
+
+    ev = sub.add_parser("evaluate", help="SSIM/FSIM/PSNR of both directions on paired test data")
+    ev.add_argument("--model", required=True, help="bundle folder or checkpoint")
+    ev.add_argument("--data", help="folder with test_photos/ + test_sketches/ (CUFS) or testA/ + testB/")
+    ev.add_argument("--photos", help="folder of photos (with --sketches, instead of --data)")
+    ev.add_argument("--sketches", help="folder of the sketches, same file names as the photos")
+    ev.add_argument("--json", help="write the full report (per image, per subset) here")
+    ev.add_argument("--markdown", help="write the Markdown table here")
+    ev.add_argument("--grid", help="write an image grid PNG (input | ours | artist) here")
+    ev.add_argument("--limit", type=int, help="evaluate only the first N pairs")
+    ev.add_argument("--backend", default="auto", help="auto, a backend name or a format name")
+    ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ev.add_argument("--batch-size", type=int, default=8, help="images per engine call (default 8)")
+    ev.set_defaults(func=cmd_evaluate)
     return p
 
 

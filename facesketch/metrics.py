@@ -181,7 +181,8 @@ def _gradient_magnitude(y: np.ndarray) -> np.ndarray:
     return np.sqrt(ix ** 2 + iy ** 2)
 
 
-def _fsim(a: np.ndarray, b: np.ndarray, chromatic: bool) -> float:
+def _fsim(a: np.ndarray, b: np.ndarray, chromatic: bool) -> tuple[float, float | None]:
+    """(FSIM, FSIMc or None) sharing one pair of phase-congruency maps."""
     x = np.asarray(a, dtype=np.float64)
     y = np.asarray(b, dtype=np.float64)
     if x.shape != y.shape:
@@ -210,14 +211,16 @@ def _fsim(a: np.ndarray, b: np.ndarray, chromatic: bool) -> float:
     g_sim = (2 * g1 * g2 + _T2) / (g1 ** 2 + g2 ** 2 + _T2)
     pcm = np.maximum(pc1, pc2)
     sim = g_sim * pc_sim * pcm
-    if chromatic:
-        i1, i2 = _downsample(x @ _YIQ[1], f), _downsample(y @ _YIQ[1], f)
-        q1, q2 = _downsample(x @ _YIQ[2], f), _downsample(y @ _YIQ[2], f)
-        s_i = (2 * i1 * i2 + _T3) / (i1 ** 2 + i2 ** 2 + _T3)
-        s_q = (2 * q1 * q2 + _T4) / (q1 ** 2 + q2 ** 2 + _T4)
-        # MATLAB: real((S_I .* S_Q) .^ lambda): a negative product has a complex power
-        sim = sim * np.real(np.power((s_i * s_q).astype(np.complex128), _LAMBDA))
-    return float(sim.sum() / pcm.sum())
+    gray_score = float(sim.sum() / pcm.sum())
+    if not chromatic:
+        return gray_score, None
+    i1, i2 = _downsample(x @ _YIQ[1], f), _downsample(y @ _YIQ[1], f)
+    q1, q2 = _downsample(x @ _YIQ[2], f), _downsample(y @ _YIQ[2], f)
+    s_i = (2 * i1 * i2 + _T3) / (i1 ** 2 + i2 ** 2 + _T3)
+    s_q = (2 * q1 * q2 + _T4) / (q1 ** 2 + q2 ** 2 + _T4)
+    # MATLAB: real((S_I .* S_Q) .^ lambda): a negative product has a complex power
+    sim = sim * np.real(np.power((s_i * s_q).astype(np.complex128), _LAMBDA))
+    return gray_score, float(sim.sum() / pcm.sum())
 
 
 def fsim(a: np.ndarray, b: np.ndarray) -> float:
@@ -226,10 +229,16 @@ def fsim(a: np.ndarray, b: np.ndarray) -> float:
     Colour inputs are compared on their luma (Y of YIQ), as FeatureSIM.m's
     first output does. 1.0 for identical images.
     """
-    return _fsim(a, b, chromatic=False)
+    return _fsim(a, b, chromatic=False)[0]
 
 
 def fsimc(a: np.ndarray, b: np.ndarray) -> float:
     """FSIMc of two RGB images of the same size (values 0..255): FSIM times the
     chromatic similarity of the I and Q channels of YIQ, as FeatureSIM.m's FSIMc."""
-    return _fsim(a, b, chromatic=True)
+    return _fsim(a, b, chromatic=True)[1]  # type: ignore[return-value]
+
+
+def fsim_and_fsimc(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(FSIM, FSIMc) of two RGB images at the cost of one (shared phase congruency)."""
+    g, c = _fsim(a, b, chromatic=True)
+    return g, c  # type: ignore[return-value]

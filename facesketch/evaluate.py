@@ -1,0 +1,428 @@
+"""Evaluate a model on paired test data the way the face-sketch literature does.
+
+    from facesketch.evaluate import evaluate, markdown
+    report = evaluate("bundles/default", "../shared/data/cufs", grid="grid.png")
+    print(markdown(report))
+
+For every pair (a photo and the artist's sketch of the same face, matched by
+file name) and both directions:
+
+* photo -> sketch: the generated sketch against the artist's sketch: SSIM and
+  FSIM on grayscale (luma), PSNR on luma;
+* sketch -> photo: the generated photo against the real photo: FSIMc (colour),
+  plus grayscale FSIM and SSIM, PSNR over RGB;
+
+at the dataset's native size: the runtime (``runtime.Translator``) fits each
+input into the model's square and brings the output back to the input's size
+(``facesketch.imageio.unfit``), so at CUFS's 200x250 nothing is rescaled for
+the metrics. Also: the same metrics for the untranslated input against the
+target (what doing nothing scores), the domain detector's accuracy on the same
+photos and sketches (with the model's own detector parameters when it carries
+them), per-subset rows (CUFS ``test_subsets.tsv``: the 100 CUHK student faces
+are what papers report), published anchors, and an image grid.
+
+Metric definitions: facesketch.metrics (SSIM as Wang et al. 2004; FSIM/FSIMc as
+Zhang et al. 2011).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import imageio, sysinfo
+from .metrics import fsim, fsim_and_fsimc, psnr, ssim, to_gray
+
+log = logging.getLogger("facesketch.evaluate")
+
+# Published FSIM on CUFS: semi-supervised CycleGAN (Face-Sketch-SCG), 256x256.
+ANCHORS = {
+    "photo2sketch": {"fsim": 0.7343, "source": "semi-supervised CycleGAN (Face-Sketch-SCG)",
+                     "dataset": "CUFS", "size": 256},
+    "sketch2photo": {"fsim": 0.7652, "source": "semi-supervised CycleGAN (Face-Sketch-SCG)",
+                     "dataset": "CUFS", "size": 256},
+}
+ALL = "all"
+GRID_FACES = 6
+METRIC_KEYS = {"photo2sketch": ("ssim", "fsim", "psnr"),
+               "sketch2photo": ("ssim", "fsim", "fsimc", "psnr")}
+
+
+# ------------------------------------------------------------------ pairing
+@dataclass
+class Pairs:
+    """Photos and sketches of the same faces, matched by file name (stem)."""
+
+    names: list[str]
+    photos: list[Path]
+    sketches: list[Path]
+    photo_dir: Path
+    sketch_dir: Path
+    subsets: dict[str, str] = field(default_factory=dict)   # name -> subset label
+    unpaired: dict[str, list[str]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _natural_key(name: str) -> tuple:
+    return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name))
+
+
+def _read_subsets(path: Path) -> dict[str, str]:
+    """``name<TAB>subset`` per line after a header (CUFS test_subsets.tsv)."""
+    out: dict[str, str] = {}
+    for i, line in enumerate(path.read_text().splitlines()):
+        if not line.strip() or (i == 0 and line.lower().startswith(("index", "name", "file"))):
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2:
+            raise ValueError(f"{path}:{i + 1}: expected 'name<TAB>subset', got {line!r}")
+        out[parts[0].strip()] = parts[1].strip()
+    return out
+
+
+def find_pairs(data: str | os.PathLike | None = None, photos: str | os.PathLike | None = None,
+               sketches: str | os.PathLike | None = None) -> Pairs:
+    """Paired test data: ``data`` with test_photos/ + test_sketches/ (CUFS) or
+    testA/ + testB/ (CycleGAN), or explicit ``photos`` and ``sketches`` folders.
+    Files pair by name without the suffix; a ``test_subsets.tsv`` beside them
+    (name, subset) labels subsets."""
+    if photos or sketches:
+        if not (photos and sketches):
+            raise ValueError("give both --photos and --sketches (or --data)")
+        pdir, sdir = Path(photos), Path(sketches)
+        root = Path(data) if data else pdir.parent
+    elif data:
+        root = Path(data)
+        if not root.is_dir():
+            raise FileNotFoundError(f"no data folder at {root}")
+        for a, b in (("test_photos", "test_sketches"), ("testA", "testB")):
+            if (root / a).is_dir() and (root / b).is_dir():
+                pdir, sdir = root / a, root / b
+                break
+        else:
+            raise ValueError(f"{root} has neither test_photos/ + test_sketches/ (CUFS) nor "
+                             "testA/ + testB/ (CycleGAN); or give --photos and --sketches")
+    else:
+        raise ValueError("give --data DIR, or --photos DIR and --sketches DIR")
+    for d in (pdir, sdir):
+        if not d.is_dir():
+            raise FileNotFoundError(f"no folder at {d}")
+    ph = {f.stem: f for f in imageio.list_images(pdir)}
+    sk = {f.stem: f for f in imageio.list_images(sdir)}
+    common = sorted(set(ph) & set(sk), key=_natural_key)
+    if not common:
+        raise ValueError(f"no photo in {pdir} has a sketch of the same name in {sdir} "
+                         f"({len(ph)} photos, {len(sk)} sketches)")
+    subsets: dict[str, str] = {}
+    tsv = root / "test_subsets.tsv"
+    if tsv.is_file():
+        labels = _read_subsets(tsv)
+        by_stem = {Path(k).stem: v for k, v in labels.items()}
+        subsets = {s: by_stem[s] for s in common if s in by_stem}
+    names = [ph[s].name for s in common]
+    return Pairs(names=names, photos=[ph[s] for s in common], sketches=[sk[s] for s in common],
+                 photo_dir=pdir, sketch_dir=sdir,
+                 subsets={ph[s].name: v for s, v in subsets.items()},
+                 unpaired={"photos": sorted(f.name for s, f in ph.items() if s not in sk),
+                           "sketches": sorted(f.name for s, f in sk.items() if s not in ph)})
+
+
+# ------------------------------------------------------------------ metrics
+def _match(out: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The output at the target's size (already so when input and target sizes agree)."""
+    if out.shape[:2] == target.shape[:2]:
+        return out
+    from PIL import Image
+    return np.asarray(Image.fromarray(out).resize((target.shape[1], target.shape[0]), Image.BICUBIC))
+
+
+def sketch_scores(generated: np.ndarray, artist: np.ndarray) -> dict[str, float]:
+    """photo -> sketch: grayscale SSIM, FSIM and PSNR (sketches are grayscale drawings)."""
+    g, t = to_gray(_match(generated, artist)), to_gray(artist)
+    return {"ssim": ssim(g, t), "fsim": fsim(g, t), "psnr": psnr(g, t)}
+
+
+def photo_scores(generated: np.ndarray, real: np.ndarray) -> dict[str, float]:
+    """sketch -> photo: FSIMc (colour) and grayscale FSIM, SSIM on luma, PSNR over RGB."""
+    g = _match(generated, real)
+    f, fc = fsim_and_fsimc(g, real)
+    return {"ssim": ssim(g, real), "fsim": f, "fsimc": fc,
+            "psnr": psnr(g.astype(np.float64), real.astype(np.float64))}
+
+
+def _summary(rows: Sequence[dict[str, float]], keys: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": len(rows)}
+    for k in keys:
+        v = np.array([r[k] for r in rows], dtype=np.float64)
+        finite = v[np.isfinite(v)]
+        out[k] = float(finite.mean()) if finite.size else None
+        out[k + "_std"] = float(finite.std()) if finite.size else None
+        if finite.size < v.size:
+            out[k + "_infinite"] = int(v.size - finite.size)
+    return out
+
+
+# ------------------------------------------------------------------ evaluation
+def _detector_params(model: Path) -> dict | None:
+    """The detector parameters the model carries (None: the built-in ones)."""
+    from runtime.bundle import Bundle, is_bundle
+    if is_bundle(model):
+        return Bundle.load(model).detector
+    from training.checkpoint import read_config
+    return read_config(model).get("detector")
+
+
+def default_grid_faces(names: Sequence[str], count: int = GRID_FACES) -> list[str]:
+    """A fixed, evenly spread choice of faces (the same for every model on the same data)."""
+    if len(names) <= count:
+        return list(names)
+    idx = np.linspace(0, len(names) - 1, count).round().astype(int)
+    return [names[i] for i in idx]
+
+
+def evaluate(model: str | os.PathLike, data: str | os.PathLike | None = None, *,
+             photos: str | os.PathLike | None = None, sketches: str | os.PathLike | None = None,
+             limit: int | None = None, backend: str = "auto", device: str = "auto",
+             batch_size: int = 8, workers: int | None = None, grid: str | os.PathLike | None = None,
+             grid_faces: Sequence[str] | None = None, per_image: bool = True,
+             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Translate every test photo and sketch with ``model`` and score both directions.
+
+    ``model``: a bundle folder or a checkpoint (runtime.Translator.load).
+    ``limit``: the first N pairs (natural file-name order). ``grid``: write an
+    image grid (input | ours | artist, both directions) there. Returns the
+    report (JSON-serialisable); ``markdown(report)`` renders its table.
+    """
+    from runtime import Translator, detect_domain
+
+    t_start = time.perf_counter()
+    pairs = find_pairs(data, photos, sketches)
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {limit}")
+        pairs.names, pairs.photos, pairs.sketches = (pairs.names[:limit], pairs.photos[:limit],
+                                                     pairs.sketches[:limit])
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    model = Path(model)
+    translator = Translator.load(model, backend=backend, device=device)
+    info = translator.info()
+    detector = _detector_params(model)
+    workers = workers or min(4, os.cpu_count() or 1)
+    n = len(pairs)
+    log.info("evaluating %s (%s backend) on %d pairs from %s", model, translator.backend, n,
+             pairs.photo_dir.parent)
+
+    rows: list[dict[str, Any]] = []
+    t_translate = t_metrics = t_detect = 0.0
+    grid_names = list(grid_faces) if grid_faces is not None else default_grid_faces(pairs.names)
+    grid_images: dict[str, dict[str, np.ndarray]] = {}
+    sizes: set[tuple[int, int]] = set()
+    resized = 0
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, n, batch_size):
+            sl = slice(start, start + batch_size)
+            names = pairs.names[sl]
+            ph = [imageio.decode(f) for f in pairs.photos[sl]]
+            sk = [imageio.decode(f) for f in pairs.sketches[sl]]
+            t = time.perf_counter()
+            gen_sk = [r.image for r in translator.translate_batch(ph, "photo2sketch")]
+            gen_ph = [r.image for r in translator.translate_batch(sk, "sketch2photo")]
+            t_translate += time.perf_counter() - t
+
+            t = time.perf_counter()
+            det_p = [detect_domain(x, detector) for x in ph]
+            det_s = [detect_domain(x, detector) for x in sk]
+            t_detect += time.perf_counter() - t
+
+            t = time.perf_counter()
+            jobs = [(pool.submit(sketch_scores, gs, s), pool.submit(photo_scores, gp, p),
+                     pool.submit(sketch_scores, p, s), pool.submit(photo_scores, s, p))
+                    for gs, gp, p, s in zip(gen_sk, gen_ph, ph, sk)]
+            for k, name in enumerate(names):
+                p2s, s2p, p2s_in, s2p_in = (j.result() for j in jobs[k])
+                sizes.add(ph[k].shape[:2])
+                resized += (ph[k].shape[:2] != sk[k].shape[:2])
+                rows.append({
+                    "name": name, "subset": pairs.subsets.get(name),
+                    "photo2sketch": p2s, "sketch2photo": s2p,
+                    "input_vs_target": {"photo2sketch": p2s_in, "sketch2photo": s2p_in},
+                    "detector": {"photo": [det_p[k][0], round(float(det_p[k][1]), 4)],
+                                 "sketch": [det_s[k][0], round(float(det_s[k][1]), 4)]},
+                })
+                if name in grid_names:
+                    grid_images[name] = {"photo": ph[k], "sketch": sk[k],
+                                         "gen_sketch": gen_sk[k], "gen_photo": gen_ph[k]}
+            t_metrics += time.perf_counter() - t
+            done = min(start + batch_size, n)
+            if progress:
+                progress(done, n)
+            elif done % (batch_size * 8) < batch_size or done == n:
+                log.info("%d/%d pairs", done, n)
+
+    groups: dict[str, list[dict[str, Any]]] = {ALL: rows}
+    for r in rows:
+        if r["subset"]:
+            groups.setdefault(r["subset"], []).append(r)
+    metrics: dict[str, dict[str, Any]] = {}
+    baseline: dict[str, dict[str, Any]] = {}
+    detection: dict[str, dict[str, Any]] = {}
+    for direction, keys in METRIC_KEYS.items():
+        metrics[direction] = {g: _summary([r[direction] for r in rs], keys) for g, rs in groups.items()}
+        baseline[direction] = {g: _summary([r["input_vs_target"][direction] for r in rs], keys)
+                               for g, rs in groups.items()}
+    for g, rs in groups.items():
+        wrong_p = [r["name"] for r in rs if r["detector"]["photo"][0] != "photo"]
+        wrong_s = [r["name"] for r in rs if r["detector"]["sketch"][0] != "sketch"]
+        detection[g] = {"n_photos": len(rs), "n_sketches": len(rs),
+                        "photo_accuracy": 1 - len(wrong_p) / len(rs),
+                        "sketch_accuracy": 1 - len(wrong_s) / len(rs),
+                        "accuracy": 1 - (len(wrong_p) + len(wrong_s)) / (2 * len(rs)),
+                        "wrong_photos": wrong_p, "wrong_sketches": wrong_s}
+
+    grid_path = None
+    if grid is not None:
+        ordered = [nm for nm in grid_names if nm in grid_images]
+        grid_path = str(save_grid([grid_images[nm] for nm in ordered], ordered, grid))
+
+    total = time.perf_counter() - t_start
+    report: dict[str, Any] = {
+        "model": {"path": str(model), "kind": info.get("kind"), "hash": info.get("hash"),
+                  "backend": translator.backend, "image_size": translator.image_size,
+                  "detector": "fitted" if detector else "built-in",
+                  "card": info.get("model")},
+        "data": {"photos": str(pairs.photo_dir), "sketches": str(pairs.sketch_dir), "pairs": n,
+                 "limit": limit, "native_sizes": sorted(f"{w}x{h}" for h, w in sizes),
+                 "outputs_resized_to_target": resized,
+                 "subsets": {g: len(rs) for g, rs in groups.items() if g != ALL},
+                 "unpaired": pairs.unpaired},
+        "definitions": {
+            "photo2sketch": "generated sketch vs the artist's sketch, grayscale (luma): SSIM, FSIM, "
+                            "PSNR",
+            "sketch2photo": "generated photo vs the real photo: FSIMc (colour), FSIM and SSIM on "
+                            "luma, PSNR over RGB",
+            "ssim": "Wang et al. 2004: Gaussian window sigma 1.5, data range 255, population "
+                    "covariance, grayscale",
+            "fsim": "Zhang et al. 2011 (FeatureSIM.m); FSIMc adds YIQ chroma",
+            "size": "native: outputs are brought back to the input's size by the runtime",
+            "input_vs_target": "the untranslated input scored against the target (doing nothing)",
+        },
+        "metrics": metrics,
+        "input_vs_target": baseline,
+        "detector": detection,
+        "anchors": ANCHORS,
+        "grid": {"path": grid_path, "faces": [nm for nm in grid_names if nm in grid_images]},
+        "timing": {"seconds": round(total, 2), "translate_s": round(t_translate, 2),
+                   "metrics_s": round(t_metrics, 2), "detector_s": round(t_detect, 2),
+                   "pairs_per_s": round(n / total, 3) if total > 0 else None,
+                   "workers": workers, "batch_size": batch_size},
+    }
+    if per_image:
+        report["per_image"] = rows
+    report["machine"] = sysinfo.machine()
+    translator.close()
+    return _json_safe(report)
+
+
+def _json_safe(v: Any) -> Any:
+    """Plain JSON: infinite/NaN floats (PSNR of identical images) become None."""
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return f if np.isfinite(f) else None
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+# ------------------------------------------------------------------ outputs
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: metrics per direction and subset beside the published
+    anchors, what the untranslated input scores, and the detector's accuracy."""
+    m = report["model"]
+    lines = [f"Model `{m['path']}` ({m['kind']}, {m['image_size']}x{m['image_size']}, "
+             f"backend {m['backend']}, detector {m['detector']}); "
+             f"{report['data']['pairs']} pairs from `{report['data']['photos']}` at native size "
+             f"({', '.join(report['data']['native_sizes'])}).", ""]
+    lines += ["| direction | subset | n | SSIM | FSIM | FSIMc | PSNR (dB) | published FSIM |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for direction, by_group in report["metrics"].items():
+        anchor = report["anchors"][direction]
+        for g, s in by_group.items():
+            lines.append(
+                f"| {direction.replace('2', ' -> ')} | {g} | {s['n']} | {_fmt(s['ssim'])} | "
+                f"{_fmt(s['fsim'])} | {_fmt(s.get('fsimc'))} | {_fmt(s['psnr'], 2)} | "
+                f"{anchor['fsim']:.4f} |")
+    a = report["anchors"]["photo2sketch"]
+    lines += ["", f"Published anchors: {a['source']} on {a['dataset']} at {a['size']}x{a['size']}: "
+              f"FSIM photo -> sketch {report['anchors']['photo2sketch']['fsim']:.4f}, "
+              f"sketch -> photo {report['anchors']['sketch2photo']['fsim']:.4f}. "
+              "Photo -> sketch is scored on grayscale; sketch -> photo's FSIMc is in colour.", ""]
+    lines += ["Doing nothing (the input scored against the target):", "",
+              "| direction | subset | SSIM | FSIM | FSIMc |", "| --- | --- | ---: | ---: | ---: |"]
+    for direction, by_group in report["input_vs_target"].items():
+        for g, s in by_group.items():
+            lines.append(f"| {direction.replace('2', ' -> ')} | {g} | {_fmt(s['ssim'])} | "
+                         f"{_fmt(s['fsim'])} | {_fmt(s.get('fsimc'))} |")
+    lines += ["", "Domain detector on the same images:", "",
+              "| subset | photos right | sketches right | overall |", "| --- | ---: | ---: | ---: |"]
+    for g, d in report["detector"].items():
+        lines.append(f"| {g} | {d['photo_accuracy']:.1%} ({d['n_photos']}) | "
+                     f"{d['sketch_accuracy']:.1%} ({d['n_sketches']}) | {d['accuracy']:.1%} |")
+    t = report["timing"]
+    lines += ["", f"Took {t['seconds']:.1f} s (translation {t['translate_s']:.1f} s, metrics "
+              f"{t['metrics_s']:.1f} s)."]
+    return "\n".join(lines) + "\n"
+
+
+def save_grid(faces: Sequence[dict[str, np.ndarray]], names: Sequence[str],
+              path: str | os.PathLike, cell: tuple[int, int] | None = None) -> Path:
+    """One row per face: photo | our sketch | artist's sketch || artist's sketch |
+    our photo | photo (input | ours | target for each direction)."""
+    from PIL import Image, ImageDraw
+    if not faces:
+        raise ValueError("no faces for the grid")
+    h, w = cell or faces[0]["photo"].shape[:2]
+    header = 22
+    cols = ("photo", "our sketch", "artist's sketch", "artist's sketch", "our photo", "photo")
+    gap = 8
+    width = 6 * w + gap
+    canvas = Image.new("RGB", (width, header + len(faces) * h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for c, label in enumerate(cols):
+        x = c * w + (gap if c >= 3 else 0)
+        draw.text((x + 4, 5), label, fill=(0, 0, 0))
+    for r, (face, name) in enumerate(zip(faces, names)):
+        row = [face["photo"], face["gen_sketch"], face["sketch"],
+               face["sketch"], face["gen_photo"], face["photo"]]
+        for c, img in enumerate(row):
+            tile = Image.fromarray(img)
+            if tile.size != (w, h):
+                tile = tile.resize((w, h), Image.BICUBIC)
+            canvas.paste(tile, (c * w + (gap if c >= 3 else 0), header + r * h))
+        draw.text((4, header + r * h + 4), name, fill=(255, 0, 0))
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out, format="PNG")
+    return out
