@@ -1,0 +1,434 @@
+"""Load test of `facesketch serve` on loopback, with the model's own latency for reference.
+
+    python -m benchmarks.web_load --model bundles/default --clients 1,8 --seconds 15
+
+1. The model alone: ``runtime.Translator`` in this process, ``translate`` on
+   decoded images, and ``translate_batch`` at a few batch sizes (ms per image:
+   does batching pay on this machine?).
+2. The real server (``facesketch serve`` in a subprocess, waitress) on
+   127.0.0.1 only; for each client count, N threads each with one keep-alive
+   connection POST images (CUFS test photos and sketches when present, else
+   synthetic faces) back to back for T seconds (and at most --max-requests in
+   total). Reports requests/s, p50/p95/p99 latency, errors by kind, and the
+   server's batch-size histogram for that level. The 1-client level runs in
+   short rounds interleaved with the model-alone measurement, so both see the
+   same background load; the check is 1-client p50 minus model-alone p50.
+   Also reported: per request, the round trip minus the engine time the server
+   reported for it (the web stack's own cost).
+
+Writes JSON to benchmarks/results/ with facesketch.sysinfo.machine() and the
+load average before and after (other work on the machine makes absolute times
+noisy; the overhead over the model's own latency is the number to read).
+Stops by itself: each level is bounded in time and count, the server is
+stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"           # loopback only, by design
+CUFS = Path(os.environ.get("FACESKETCH_CUFS", REPO.parent / "shared" / "data" / "cufs"))
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
+
+
+def summary_ms(values_s: list[float]) -> dict[str, float]:
+    ms = [v * 1000.0 for v in values_s]
+    return {"n": len(ms), "p50": round(percentile(ms, 50), 2), "p95": round(percentile(ms, 95), 2),
+            "p99": round(percentile(ms, 99), 2), "mean": round(statistics.fmean(ms), 2) if ms else None,
+            "min": round(min(ms), 2) if ms else None, "max": round(max(ms), 2) if ms else None}
+
+
+# ------------------------------------------------------------------ inputs
+def load_inputs(n: int) -> tuple[list[tuple[str, bytes]], str]:
+    """(name, file bytes) of test images, half photos half sketches when CUFS exists."""
+    if (CUFS / "test_photos").is_dir():
+        out = []
+        for i in range(1, n // 2 + 1):
+            for folder in ("test_photos", "test_sketches"):
+                p = CUFS / folder / f"{i}.jpg"
+                out.append((f"{folder}/{p.name}", p.read_bytes()))
+        return out, f"CUFS test photos and sketches 1..{n // 2} (200x250 JPEG)"
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        arr = rng.integers(0, 256, (250, 200, 3), dtype=np.uint8)
+        if i % 2:
+            arr = np.repeat(arr.mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+        out.append((f"synthetic{i}.jpg", buf.getvalue()))
+    return out, "synthetic 200x250 JPEG (CUFS not found)"
+
+
+def random_checkpoint(size: int, blocks: int, out: Path) -> Path:
+    """A random-init checkpoint of the production architecture (same speed as trained)."""
+    import torch
+    from training.checkpoint import model_config, save_model
+    from training.networks import build_generator, init_weights
+    torch.manual_seed(0)
+    return save_model(out, init_weights(build_generator(blocks, 64)),
+                      init_weights(build_generator(blocks, 64)), model_config(blocks, 64, size))
+
+
+# ------------------------------------------------------------------ model alone
+class ModelAlone:
+    """The Translator in this process, on decoded arrays: the reference latency."""
+
+    def __init__(self, model: str, backend: str, images: list[tuple[str, bytes]]):
+        from facesketch.imageio import decode
+        from runtime import Translator
+        t0 = time.perf_counter()
+        self.tr = Translator.load(model, backend=backend)
+        self.load_s = time.perf_counter() - t0
+        self.arrays = [decode(b) for _, b in images]
+        self.i = 0
+        for a in self.arrays[:4]:
+            self.tr.translate(a)                              # warm up
+
+    def run_for(self, seconds: float, min_calls: int = 5) -> list[float]:
+        times: list[float] = []
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline or len(times) < min_calls:
+            a = self.arrays[self.i % len(self.arrays)]
+            self.i += 1
+            t = time.perf_counter()
+            self.tr.translate(a)
+            times.append(time.perf_counter() - t)
+        return times
+
+    def batch_table(self, batch_sizes: list[int], seconds: float) -> dict[str, Any]:
+        out = {}
+        for bs in batch_sizes:
+            group = [self.arrays[j % len(self.arrays)] for j in range(0, 2 * bs, 2)]  # photos
+            self.tr.translate_batch(group, direction="photo2sketch")
+            per: list[float] = []
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end or len(per) < 3:
+                t = time.perf_counter()
+                self.tr.translate_batch(group, direction="photo2sketch")
+                per.append((time.perf_counter() - t) / bs)
+            out[str(bs)] = {"ms_per_image_p50": round(percentile([p * 1000 for p in per], 50), 2),
+                            "calls": len(per)}
+        return out
+
+    def close(self) -> None:
+        self.tr.close()
+
+
+# ------------------------------------------------------------------ server
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str, backend: str, port: int, threads: int, log_path: Path):
+    env = dict(os.environ)
+    env.pop("NGROK_AUTHTOKEN", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "facesketch.cli", "serve", "--model", model,
+                             "--backend", backend, "--host", HOST, "--port", str(port),
+                             "--threads", str(threads)], stdout=log, stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+    return proc, log
+
+
+def get_json(port: int, path: str, timeout: float = 10.0) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, json.loads(r.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def wait_healthy(port: int, proc, seconds: float) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}")
+        try:
+            status, _ = get_json(port, "/api/health", timeout=5)
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"the server was not healthy within {seconds:.0f} s")
+
+
+def multipart(name: str, data: bytes, boundary: str = "facesketchbench") -> tuple[bytes, str]:
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
+            f"filename=\"{Path(name).name}\"\r\nContent-Type: image/jpeg\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"direction\"\r\n\r\nauto" \
+           f"\r\n--{boundary}--\r\n".encode()
+    return head + data + tail, f"multipart/form-data; boundary={boundary}"
+
+
+def run_level(port: int, clients: int, seconds: float, max_requests: int,
+              bodies: list[tuple[bytes, str]]) -> dict[str, Any]:
+    lat: list[list[float]] = [[] for _ in range(clients)]
+    errors: list[dict[str, int]] = [{} for _ in range(clients)]
+    server_model_ms: list[list[float]] = [[] for _ in range(clients)]
+    budget = threading.Semaphore(max_requests)
+    start = threading.Barrier(clients + 1)
+    stop_at = [0.0]
+
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection(HOST, port, timeout=60)
+        start.wait()
+        i = k
+        while time.perf_counter() < stop_at[0] and budget.acquire(blocking=False):
+            body, ctype = bodies[i % len(bodies)]
+            i += clients
+            t = time.perf_counter()
+            try:
+                conn.request("POST", "/api/translate", body=body,
+                             headers={"Content-Type": ctype, "Accept": "image/png"})
+                r = conn.getresponse()
+                payload = r.read()
+                dt = time.perf_counter() - t
+                if r.status == 200 and payload[:8] == b"\x89PNG\r\n\x1a\n":
+                    lat[k].append(dt)
+                    server_model_ms[k].append(float(r.getheader("X-Latency-Ms", "nan")))
+                else:
+                    errors[k][f"http_{r.status}"] = errors[k].get(f"http_{r.status}", 0) + 1
+            except (OSError, http.client.HTTPException) as exc:
+                kind = type(exc).__name__
+                errors[k][kind] = errors[k].get(kind, 0) + 1
+                conn.close()
+                conn = http.client.HTTPConnection(HOST, port, timeout=60)
+        conn.close()
+
+    _, before = get_json(port, "/api/info")
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
+    for t in threads:
+        t.start()
+    stop_at[0] = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    start.wait()
+    for t in threads:
+        t.join(seconds + 120)
+    wall = time.perf_counter() - t0
+    _, after = get_json(port, "/api/info")
+    all_lat = [x for per in lat for x in per]
+    err: dict[str, int] = {}
+    for e in errors:
+        for k, v in e.items():
+            err[k] = err.get(k, 0) + v
+    b0, b1 = before["server"], after["server"]
+    sizes = {k: v - b0["batch_sizes"].get(k, 0) for k, v in b1["batch_sizes"].items()
+             if v - b0["batch_sizes"].get(k, 0)}
+    batches = b1["batches"] - b0["batches"]
+    images = b1["images"] - b0["images"]
+    all_model = [m for per in server_model_ms for m in per]
+    return {
+        "_raw": (all_lat, all_model),
+        "clients": clients, "seconds": round(wall, 2), "requests_ok": len(all_lat),
+        "errors": sum(err.values()), "errors_by_kind": err,
+        "requests_per_s": round(len(all_lat) / wall, 2),
+        "latency_ms": summary_ms(all_lat),
+        "server_reported_model_ms_p50": round(percentile(all_model, 50), 2),
+        "batches": batches, "mean_batch": round(images / batches, 2) if batches else None,
+        "batch_sizes": sizes,
+    }
+
+
+def merge_levels(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One level's result from several short runs of it."""
+    lat = [x for p in parts for x in p["_raw"][0]]
+    srv = [x for p in parts for x in p["_raw"][1]]
+    err: dict[str, int] = {}
+    sizes: dict[str, int] = {}
+    for p in parts:
+        for k, v in p["errors_by_kind"].items():
+            err[k] = err.get(k, 0) + v
+        for k, v in p["batch_sizes"].items():
+            sizes[k] = sizes.get(k, 0) + v
+    wall = sum(p["seconds"] for p in parts)
+    batches = sum(p["batches"] for p in parts)
+    images = sum(int(k) * v for k, v in sizes.items())
+    return {"_raw": (lat, srv), "clients": parts[0]["clients"], "seconds": round(wall, 2),
+            "rounds": len(parts), "requests_ok": len(lat), "errors": sum(err.values()),
+            "errors_by_kind": err, "requests_per_s": round(len(lat) / wall, 2),
+            "latency_ms": summary_ms(lat),
+            "server_reported_model_ms_p50": round(percentile(srv, 50), 2),
+            "batches": batches, "mean_batch": round(images / batches, 2) if batches else None,
+            "batch_sizes": sizes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", help="bundle or checkpoint; default: a random-init checkpoint of "
+                                    "--size/--blocks made in a temporary folder")
+    ap.add_argument("--export", metavar="FORMATS",
+                    help="when the model is a checkpoint: copy it to a temporary folder and "
+                         "export a bundle of these formats (e.g. onnx,openvino) to serve instead")
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--blocks", type=int, default=3)
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--clients", default="1,8", help="comma list of concurrent clients")
+    ap.add_argument("--seconds", type=float, default=15.0, help="per level")
+    ap.add_argument("--max-requests", type=int, default=20000, help="per level, in total")
+    ap.add_argument("--model-seconds", type=float, default=10.0)
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="interleaved model-alone / 1-client rounds")
+    ap.add_argument("--threads", type=int, default=8, help="waitress threads")
+    ap.add_argument("--images", type=int, default=32)
+    ap.add_argument("--out", help="JSON path (default benchmarks/results/web_load_<backend>.json)")
+    ap.add_argument("--note", default="", help="free text stored with the result")
+    a = ap.parse_args(argv)
+    levels = [int(c) for c in a.clients.split(",") if c.strip()]
+    if not levels or min(levels) < 1 or max(levels) > 64:
+        ap.error("--clients: 1..64 each")
+
+    from facesketch.sysinfo import machine, write_result
+    tmp = tempfile.TemporaryDirectory(prefix="web_load_")
+    model = a.model
+    model_note = f"given: {model}"
+    if model is None:
+        model = str(random_checkpoint(a.size, a.blocks, Path(tmp.name) / "ckpt"))
+        model_note = f"random-init checkpoint, size {a.size}, {a.blocks} blocks, ngf 64"
+    if a.export and not (Path(model) / "manifest.json").is_file():
+        import shutil
+        from export import export_bundle
+        from training.checkpoint import resolve
+        st = resolve(model)                   # read-only: copied, never written to
+        ck = Path(tmp.name) / "checkpoint"
+        ck.mkdir()
+        shutil.copy2(st, ck / st.name)
+        shutil.copy2(st.with_suffix(".json"), ck / st.with_suffix(".json").name)
+        print(f"exporting {a.export} from a copy of {model} ...", flush=True)
+        model = str(export_bundle(ck, Path(tmp.name) / "bundle", formats=a.export,
+                                  speed_check=False))
+        model_note += f"; served as a bundle exported here ({a.export})"
+    images, images_note = load_inputs(a.images)
+    load_before = os.getloadavg()
+
+    print("loading the model in this process ...", flush=True)
+    alone = ModelAlone(model, a.backend, images)
+    batch_table = alone.batch_table([1, 2, 4, 8], max(1.0, a.model_seconds / 4))
+    tr_info = alone.tr.info()
+
+    port = free_port()
+    proc, log = start_server(model, a.backend, port, a.threads, Path(tmp.name) / "serve.log")
+    results = []
+    model_times: list[float] = []
+    try:
+        wait_healthy(port, proc, 300)
+        _, info = get_json(port, "/api/info")
+        bodies = [multipart(n, b) for n, b in images]
+        run_level(port, 1, min(2.0, a.seconds), 200, bodies)         # warm the server path
+        for clients in levels:
+            if clients == 1:
+                # Interleave the model alone and one web client in short rounds, so both
+                # see the same background load (this machine's CPU is shared).
+                print(f"1 client vs the model alone, {a.rounds} interleaved rounds of "
+                      f"{a.seconds / a.rounds:.1f} s each ...", flush=True)
+                parts = []
+                for _ in range(a.rounds):
+                    model_times += alone.run_for(a.model_seconds / a.rounds)
+                    parts.append(run_level(port, 1, a.seconds / a.rounds,
+                                           max(1, a.max_requests // a.rounds), bodies))
+                res = merge_levels(parts)
+            else:
+                print(f"{clients} client(s) for {a.seconds:.0f} s ...", flush=True)
+                res = run_level(port, clients, a.seconds, a.max_requests, bodies)
+            print(f"  {res['requests_per_s']} req/s, p50 {res['latency_ms']['p50']} ms, "
+                  f"p99 {res['latency_ms']['p99']} ms, errors {res['errors']}, "
+                  f"mean batch {res['mean_batch']}", flush=True)
+            results.append(res)
+    finally:
+        alone.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        log.close()
+    load_after = os.getloadavg()
+
+    one = next((r for r in results if r["clients"] == 1), None)
+    model_p50 = round(percentile([t * 1000 for t in model_times], 50), 2) if model_times else None
+    overhead = round(one["latency_ms"]["p50"] - model_p50, 2) if one and model_p50 else None
+    web_only = None
+    if one:
+        lat, srv = one["_raw"]
+        web_only = round(percentile([l * 1000 - m for l, m in zip(lat, srv)], 50), 2)
+    eight = next((r for r in results if r["clients"] == 8), None)
+    for r in results:
+        r.pop("_raw", None)
+    out = {
+        "benchmark": "web_load",
+        "model": model_note, "backend": alone.tr.backend, "image_size": alone.tr.image_size,
+        "inputs": images_note,
+        "server": {"host": HOST, "waitress_threads": a.threads, "batcher": None,
+                   "backend": info.get("backend")},
+        "model_alone": {
+            "translate_ms": summary_ms(model_times),
+            "note": "Translator.translate on a decoded RGB array (detect + fit + engine + unfit), "
+                    "wall clock in this process, interleaved with the 1-client rounds; no HTTP, "
+                    "no JPEG decode, no PNG encode",
+            "load_seconds": round(alone.load_s, 2),
+            "translate_batch_photo2sketch_ms_per_image": batch_table,
+            "info": tr_info,
+        },
+        "levels": results,
+        "checks": {
+            "model_alone_p50_ms": model_p50,
+            "one_client_p50_ms": one["latency_ms"]["p50"] if one else None,
+            "overhead_p50_ms_at_1_client": overhead,
+            "overhead_within_20_ms": overhead is not None and overhead <= 20.0,
+            "web_only_overhead_p50_ms": web_only,
+            "web_only_note": "per request: round trip minus the engine time the server reported "
+                             "(X-Latency-Ms) for that same request: HTTP, multipart, JPEG "
+                             "decode, queue, PNG encode",
+            "errors_at_8_clients": eight["errors"] if eight else None,
+        },
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in load_after],
+        "note": a.note,
+        "machine": machine(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    out["server"]["batcher"] = {k: info["config"][k] for k in
+                                ("batch_max_size", "batch_max_wait_ms", "batch_wait_policy",
+                                 "queue_size")}
+    path = Path(a.out) if a.out else REPO / "benchmarks" / "results" / f"web_load_{alone.tr.backend}.json"
+    write_result(out, path)
+    print(f"1-client p50 {out['checks']['one_client_p50_ms']} ms vs model alone {model_p50} ms: "
+          f"overhead {overhead} ms (web-only {web_only} ms); "
+          f"errors at 8 clients: {out['checks']['errors_at_8_clients']}")
+    print(f"wrote {path}")
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
