@@ -564,10 +564,10 @@ def _wait_health(base: str, proc, log, seconds: float = 180.0):
 
 
 @pytest.mark.slow
-def test_serve_command_waitress_share_without_token(tiny_checkpoint, tmp_path):
+def test_serve_command_waitress_share_without_token(tiny_bundle, tmp_path):
     port = _free_port()
     env = _serve_env(tmp_path)
-    proc, log = _start_serve(tmp_path, ["--model", str(tiny_checkpoint), "--port", str(port),
+    proc, log = _start_serve(tmp_path, ["--model", str(tiny_bundle), "--port", str(port),
                                         "--threads", "4", "--share"], env)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -115,10 +115,14 @@ class MicroBatcher:
         deadline = time.perf_counter() + self.max_wait_s
         while len(batch) < self.max_size:
             try:
-                batch.append(self._queue.get_nowait())
-                continue
+                job = self._queue.get_nowait()
             except queue.Empty:
-                pass
+                job = False
+            if job is None:                  # close(): stop gathering, answer what we have
+                break
+            if job is not False:
+                batch.append(job)
+                continue
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
@@ -129,10 +133,13 @@ class MicroBatcher:
                     break           # nobody else is on the way: do not make this one wait
                 remaining = min(remaining, 0.0005)   # re-check soon: they may give up
             try:
-                batch.append(self._queue.get(timeout=remaining))
+                job = self._queue.get(timeout=remaining)
             except queue.Empty:
                 continue
-        return [j for j in batch if j is not None]
+            if job is None:
+                break
+            batch.append(job)
+        return batch
 
     def _run(self) -> None:
         while not self._stop.is_set():
