@@ -588,9 +588,14 @@ def test_serve_command_waitress_share_without_token(tiny_bundle, tmp_path):
         assert f"http://127.0.0.1:{port}/" in text
         assert "NGROK_AUTHTOKEN is not set" in text and "serving locally only" in text
         assert "model ready" in text
+        proc.terminate()                                            # SIGTERM: a clean stop
+        assert proc.wait(30) == 0
+        log.seek(0)
+        assert log.read().rstrip().endswith("stopped")
     finally:
-        proc.terminate()
-        proc.wait(30)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
         log.close()
 
 

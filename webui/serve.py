@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 from pathlib import Path
 from typing import Callable
@@ -115,6 +116,10 @@ def make_server(config: WebConfig, host: str = "127.0.0.1", port: int = 5000, th
     return app, server
 
 
+def _sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(config: WebConfig, host: str = "127.0.0.1", port: int = 5000, threads: int = 8,
           share: bool = False, say: Printer = _print) -> int:
     """Run until interrupted. Returns the exit status."""
@@ -140,11 +145,15 @@ def serve(config: WebConfig, host: str = "127.0.0.1", port: int = 5000, threads:
     if share:
         threading.Thread(target=open_tunnel, args=(actual, say), name="facesketch-share",
                          daemon=True).start()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm)   # `kill` stops as cleanly as Ctrl+C
+    say("press Ctrl+C to stop")
     try:
-        server.run()
+        server.run()             # waitress returns from here on Ctrl+C / SIGTERM
     except KeyboardInterrupt:
-        say("stopping")
+        pass
     finally:
         server.close()
         holder.close()
+    say("stopped")
     return 0
