@@ -47,6 +47,7 @@ def test_set(cufs):
 
 # ----------------------------------------------------------------- CUFS accuracy
 @pytest.mark.cufs
+@pytest.mark.slow
 def test_issue_acceptance_photos_sketches_grayscale_photos(test_set):
     """Issue 3: >= 99% on CUFS test photos, test sketches and the photos turned grayscale."""
     photos, sketches = test_set
@@ -60,6 +61,7 @@ def test_issue_acceptance_photos_sketches_grayscale_photos(test_set):
 
 
 @pytest.mark.cufs
+@pytest.mark.slow
 def test_tinted_paper_bordered_scans_line_drawings(test_set):
     photos, sketches = test_set
     p, s = photos[::4], sketches[::4]           # 85 of each keeps this quick
