@@ -5,6 +5,7 @@ parity images per input domain, torch fp32 reference outputs, and the fp32 ONNX
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -231,17 +232,24 @@ def _facesketch_version() -> str:
 
 
 @contextlib.contextmanager
-def quiet():
-    """Silence exporter chatter (torchvision op registrations, deprecation warnings, NNCF bars)."""
+def quiet(capture_output: bool = False):
+    """Silence exporter chatter (torchvision op registrations, deprecation warnings; with
+    ``capture_output`` also the quantizers' prints and progress bars, kept at debug level)."""
     names = ("torch.onnx", "torch.onnx._internal.exporter._registration", "torch.export",
              "torch._export", "onnxscript", "onnx_ir", "nncf")
     levels = {n: logging.getLogger(n).level for n in names}
     for n in names:
         logging.getLogger(n).setLevel(logging.ERROR)
+    buf = io.StringIO()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.ExitStack() as stack:
             warnings.simplefilter("ignore")
+            if capture_output:
+                stack.enter_context(contextlib.redirect_stdout(buf))
+                stack.enter_context(contextlib.redirect_stderr(buf))
             yield
     finally:
         for n, lvl in levels.items():
             logging.getLogger(n).setLevel(lvl)
+        if buf.getvalue():
+            log.debug("quantizer output:\n%s", buf.getvalue())

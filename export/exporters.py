@@ -154,7 +154,7 @@ def export_onnx_int8(ctx: ExportContext, direction: str, out_path: Path) -> Path
     exclude = _edge_convs(onnx.load(str(pre))) if opts.get("keep_fp32_edges") else []
     method = getattr(CalibrationMethod, opts.get("calibrate_method", "MinMax"))
     q = ctx.work / f"{direction}.int8-q.onnx"
-    with quiet():
+    with quiet(capture_output=True):
         quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=bool(opts.get("per_channel", True)),
                         reduce_range=bool(opts.get("reduce_range", False)),
@@ -232,7 +232,7 @@ def export_openvino_int8(ctx: ExportContext, direction: str, out_path: Path) -> 
         import onnx
         ignored = _ov_names(fp32, _edge_convs(onnx.load(str(ctx.fp32_onnx(direction)))))
         kw["ignored_scope"] = nncf.IgnoredScope(names=ignored, validate=False)
-    with quiet():
+    with quiet(capture_output=True):
         q = nncf.quantize(fp32, nncf.Dataset([calib[i:i + 1] for i in range(len(calib))]),
                           subset_size=len(calib), preset=getattr(nncf.QuantizationPreset, opts.get("preset", "MIXED")),
                           **kw)

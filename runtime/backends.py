@@ -327,6 +327,9 @@ class TorchBackend(Backend):
             torch.set_num_threads(threads())  # process-wide: torch has one intra-op pool
         if self.spec.device == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailable(f"{self.name}: torch {torch.__version__} sees no CUDA device")
+        if self.spec.device == "cuda" and self.spec.precision == "fp32":
+            # fp32 means fp32: no TF32 convolutions (process-wide cuDNN setting)
+            torch.backends.cudnn.allow_tf32 = False
         net = self._module
         if net is None:
             from safetensors import safe_open

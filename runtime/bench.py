@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -81,6 +82,7 @@ def run_bench(model: str | Path, backends: Iterable[str] | None = None,
     for name in skipped:
         echo(f"skipped {name}: {skipped[name]}")
 
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     peak = sysinfo.numpy_matmul_peak()
     x1 = select.probe_input(size)
     lat = select.time_interleaved({n: b.run for n, b in loaded.items()}, x1, warmup=3,
@@ -147,6 +149,11 @@ def run_bench(model: str | Path, backends: Iterable[str] | None = None,
     result = {
         "kind": "facesketch-bench", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": sysinfo.machine(), "matmul_peak_gflops": round(peak / 1e9, 2),
+        "load_average": {"before": load_before,
+                         "after": os.getloadavg() if hasattr(os, "getloadavg") else None,
+                         "note": "1/5/15-minute load averages; above the core count other work "
+                                 "shared the CPU during the run"},
+        "threads": os.environ.get("FACESKETCH_THREADS") or "engine defaults",
         "model": {"bundle": str(bundle.root), "hash": bundle.hash, "image_size": size,
                   "arch": bundle.arch(), "flops_per_image": flops, "direction": probe_dir,
                   "checkpoint_sha256": bundle.manifest.get("source", {}).get("checkpoint_sha256"),

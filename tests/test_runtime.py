@@ -321,3 +321,35 @@ def test_cli_translate_and_bench_defaults(tiny_bundle, synthetic_data, tmp_path,
     monkeypatch.chdir(tmp_path)
     assert main(["bench"]) == 2
     assert "facesketch export" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- GPU backends (GPU machines)
+GPU_FLOOR = {"fp32": 60.0, "fp16": 40.0, "bf16": 30.0}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["ort-cuda", "ort-cuda-fp16", "ort-trt", "torch-cuda", "torch-cuda-fp16",
+                                  "torch-cuda-bf16", "torch-cuda-graph", "torch-cuda-compile"])
+def test_gpu_backend_runs_within_its_precision_floor(name, tiny_bundle, tiny_checkpoint, cache):
+    """Each CUDA backend on the tiny bundle, against PyTorch fp32 on the CPU; skips with
+    the backend's own reason where CUDA (or its package) is absent."""
+    from runtime import Translator
+    from runtime import backends as B
+    spec = B.BACKENDS[name]
+    ok, why = spec.available()
+    if not ok:
+        pytest.skip(f"{name}: {why}")
+    torch = pytest.importorskip("torch")
+    from training.checkpoint import load_model
+    t = Translator.load(tiny_bundle, backend=name)
+    nets, _ = load_model(tiny_checkpoint)
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32)
+    for d in DIRECTIONS:
+        with torch.inference_mode():
+            ref = nets["G_A" if d == "photo2sketch" else "G_B"](torch.from_numpy(x)).numpy()
+        y = t.run(d, x)
+        y1 = t.run(d, x[:1])  # a second shape (CUDA graphs: one graph per shape)
+        mse = float(np.mean((y.astype(np.float64) - ref) ** 2))
+        assert 10 * np.log10(4.0 / max(mse, 1e-30)) >= GPU_FLOOR[spec.precision], name
+        assert np.allclose(y1[0], y[0], atol=0.05)
+    t.close()
