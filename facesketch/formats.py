@@ -25,9 +25,18 @@ class Format:
         return [p for p in self.packages if importlib.util.find_spec(p) is None]
 
 
-# PSNR floors were set from measurements on CUFS with trained generators
-# (see benchmarks/results/export_parity_*.json): fp32 engines agree to >80 dB,
-# fp16 to ~45-55 dB, int8 to ~33-40 dB; the floors leave a margin below those.
+# PSNR floors (against PyTorch fp32, peak 2 = the [-1, 1] output range), set from
+# benchmarks/results/export_parity_amd-epyc-2c.json (python -m benchmarks.export_parity:
+# 32 CUFS test images per direction, 128px, 3 blocks, checkpoints after 219 and 256
+# training steps and an untrained one):
+#   fp32 ONNX/Triton 129-134 dB (untrained 107-118), OpenVINO fp32 113-119 (90-103)
+#     -> floor 60 dB, far below anything but a broken export.
+#   fp16 graph on onnxruntime CPU 82-86 dB (untrained 66-68); that EP computes in fp32
+#     on fp16-rounded weights. fp16 arithmetic (GPU, TensorRT) was not measured here;
+#     PyTorch CPU half gave 78 dB, bf16 61 dB -> floor 40 dB.
+#   int8: onnxruntime QDQ 38.2-45.6 dB (worst single image 37.3), OpenVINO/NNCF
+#     38.2-46.7 (worst image 33.9) on the trained checkpoints -> floor 30 dB. Untrained
+#     weights quantize to 28-30 dB and are refused: int8 of an untrained model is noise.
 _TABLE = (
     Format("onnx", ".onnx", "cpu/cuda", ("onnx", "onnxruntime"), "fp32", 60.0,
            "ONNX fp32, dynamic batch and spatial size, opset 18, constant-folded",
