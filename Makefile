@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+	# piq: the independent FSIM reference of the tests. --no-deps: its torchvision
+	# requirement would make pip replace torch; its FSIM needs torch only.
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps "piq==0.8.0"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -59,7 +59,7 @@ def piq_fsim():
     pytest.importorskip("torch")
     spec = importlib.util.find_spec("piq")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("piq is not installed (pip install piq; it is in the dev extra)")
+        pytest.skip("piq is not installed (make install puts it there: pip install --no-deps piq)")
     saved = {k: v for k, v in sys.modules.items() if k == "piq" or k.startswith("piq.")}
     pkg = types.ModuleType("piq")
     pkg.__path__ = list(spec.submodule_search_locations)
