@@ -189,6 +189,7 @@ def _torch_only_floor(monkeypatch, floor: float) -> None:
     monkeypatch.setattr(F, "FORMATS", table)
 
 
+@pytest.mark.slow
 def test_format_below_its_floor_is_refused(tiny_checkpoint, synthetic_data, tmp_path, monkeypatch):
     from export import ExportError, ParityError, export_bundle
     # torch files are bit-identical to the reference (reported as 200 dB): a 250 dB floor refuses them
@@ -250,6 +251,7 @@ def test_missing_package_is_skipped_with_a_reason(tiny_checkpoint, synthetic_dat
     assert {e["format"] for e in m["files"]} == {"torch"}
 
 
+@pytest.mark.slow
 def test_reexport_replaces_a_bundle(tiny_checkpoint, synthetic_data, tmp_path):
     from export import export_bundle
     out = export_bundle(tiny_checkpoint, tmp_path / "b", formats="torch", calibration=synthetic_data)
