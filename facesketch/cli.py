@@ -151,6 +151,13 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+    run_demo(model=a.model, bundle=a.bundle, data=a.data, inputs=a.inputs, serve=not a.no_serve,
+             host=a.host, port=a.port)
+    return 0
+
+
 # ----------------------------------------------------------------- parser
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `facesketch train`; also `python -m training` (torchrun) uses them."""
@@ -261,6 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ev.add_argument("--batch-size", type=int, default=8, help="images per engine call (default 8)")
     ev.set_defaults(func=cmd_evaluate)
+    d = sub.add_parser("demo", help="the main job on the bundled model: export, bench, web UI")
+    d.add_argument("--model", help="checkpoint (default: the embedded model)")
+    d.add_argument("--bundle", default="bundles/default", help="bundle folder to (re)use")
+    d.add_argument("--data", help="photos+sketches folder to check the engines on "
+                   "(default: ../shared/data/cufs if present, else generated examples)")
+    d.add_argument("--inputs", nargs="*", help="images to translate (default: examples)")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=5000)
+    d.add_argument("--no-serve", action="store_true", help="stop after the bench table")
+    d.set_defaults(func=cmd_demo)
     return p
 
 
