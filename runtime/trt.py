@@ -146,8 +146,8 @@ class TrtRunner:
         import tensorrt as trt
         self._cudart = cudart = _cudart()
         self._logger = trt.Logger(trt.Logger.WARNING)
-        runtime = trt.Runtime(self._logger)
-        self.engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        self._runtime = trt.Runtime(self._logger)  # must outlive the engine
+        self.engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
         if self.engine is None:
             raise RuntimeError(f"TensorRT could not deserialize {engine_path}")
         self.context = self.engine.create_execution_context()
@@ -201,4 +201,4 @@ class TrtRunner:
         if self.stream is not None:
             _call(self._cudart.cudaStreamDestroy(self.stream))
             self.stream = None
-        self.context = self.engine = None
+        self.context = self.engine = self._runtime = None
