@@ -96,7 +96,10 @@ class _CheckpointSource:
             raise RuntimeError(f"{path} is a training checkpoint, which needs torch to run "
                                f"({exc}); export a bundle with `facesketch export` to run without "
                                "torch") from exc
-        st = resolve(path)
+        p = Path(path)
+        if p.is_dir() and (p / "best" / "model.safetensors").is_file():
+            p = p / "best"  # a run folder: its best checkpoint, as `facesketch export` takes
+        st = resolve(p)
         self.nets, self.cfg = load_model(st)
         self.path = st
         self.hash = self.cfg.get("weights_sha256") or sha256_file(st)
