@@ -277,6 +277,12 @@ def test_exact_resume_matches_straight_run(tmp_path, cufs):
     assert not diff, f"resumed run differs in {diff[:5]}"
 
 
+@pytest.mark.cufs
+def test_training_without_history_pool(tmp_path, cufs):
+    out = train(tiny(tmp_path / "run", cufs, epochs=1, pool_size=0))
+    assert ckpt.load_state(out / ckpt.STATE_FILE)[1]["global_step"] == 4
+
+
 def test_resume_without_state_is_a_clear_error(tmp_path):
     write_images(tmp_path / "trainA", 2)
     write_images(tmp_path / "trainB", 2)

@@ -85,9 +85,9 @@ class ImagePool:
         self.count = 0
 
     def query(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.detach()
         if self.size == 0:
             return batch
-        batch = batch.detach()
         if self.images is None:
             self.images = torch.zeros((self.size, *batch.shape[1:]), dtype=batch.dtype,
                                       device=batch.device)
