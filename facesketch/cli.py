@@ -286,15 +286,21 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    return run_handler(a.func, a, f"facesketch {a.command}")
+
+
+def run_handler(func, a: argparse.Namespace, label: str) -> int:
+    """Run a subcommand: expected failures become one clear line and exit status 2
+    (-v shows the traceback); Ctrl-C exits 130."""
     try:
-        return int(a.func(a) or 0)
+        return int(func(a) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
         if a.verbose:
             raise
-        print(f"facesketch {a.command}: error: {exc}", file=sys.stderr)
+        print(f"{label}: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -30,16 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         from .launch import launch
         return launch(a.nproc, sys.argv[1:] if argv is None else list(argv))
     a.nproc = None
-    try:
-        return cli.cmd_train(a)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
-        if a.verbose:
-            raise
-        print(f"training (rank {rank}): error: {exc}", file=sys.stderr)
-        return 2
+    return cli.run_handler(cli.cmd_train, a, f"training (rank {rank})")
 
 
 if __name__ == "__main__":
