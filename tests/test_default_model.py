@@ -1,0 +1,46 @@
+"""The embedded default model: small, complete, and better than doing nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from facesketch.imageio import decode
+from facesketch.metrics import ssim
+from facesketch.models import DEFAULT_MODEL
+
+pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL / "model.safetensors").is_file(),
+                                reason=f"no packaged model at {DEFAULT_MODEL}")
+
+
+def test_packaged_model_is_small_fp16_and_carries_card_and_detector():
+    size = sum(f.stat().st_size for f in DEFAULT_MODEL.iterdir() if f.is_file())
+    assert size <= 20_000_000
+    cfg = json.loads((DEFAULT_MODEL / "model.json").read_text())
+    assert cfg["dtype"] == "float16" and cfg["image_size"] == 128 and cfg["arch"]["blocks"] == 3
+    assert cfg["detector"] and "non-commercial" in cfg["card"]["terms"]
+    assert (DEFAULT_MODEL / "MODEL_CARD.md").read_text().count("non-commercial") >= 1
+
+
+@pytest.mark.cufs
+def test_default_model_moves_a_cufs_photo_towards_its_artist_sketch(cufs):
+    pytest.importorskip("torch")
+    from runtime import Translator
+    t = Translator.load(DEFAULT_MODEL, backend="torch")
+    better = 0
+    names = ["1.jpg", "2.jpg", "3.jpg", "50.jpg", "120.jpg", "200.jpg"]
+    for name in names:
+        photo = decode(cufs / "test_photos" / name)
+        sketch = decode(cufs / "test_sketches" / name)
+        r = t.translate(photo)
+        assert r.direction == "photo2sketch" and r.domain == "photo"
+        assert r.image.shape == photo.shape
+        better += ssim(r.image, sketch) > ssim(photo, sketch)
+    assert better == len(names)
+    back = t.translate(decode(cufs / "test_sketches" / "1.jpg"))
+    assert back.direction == "sketch2photo" and back.domain == "sketch"
+    # A generated photo has colour; the sketch it came from has (almost) none.
+    spread = np.ptp(back.image.astype(int), axis=2).mean()
+    assert spread > 10
