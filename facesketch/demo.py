@@ -57,6 +57,21 @@ def make_examples(model: Path, out: Path) -> Path:
     return out
 
 
+def example_grid(model: str | Path, out: str | Path) -> Path:
+    """input | photo->sketch | sketch->photo of that sketch, for the example photo.
+
+    Uses no CUFS image, so the figure may live in the repository (README)."""
+    from runtime import Translator
+    t = Translator.load(model)
+    photo = example_photo()
+    sketch = t.translate(photo, direction="photo2sketch").image
+    back = t.translate(sketch, direction="sketch2photo").image
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    imageio.save_png(np.concatenate([photo, sketch, back], axis=1), out)
+    return out
+
+
 def bundle_is_current(bundle: Path, model: Path) -> bool:
     from training.checkpoint import resolve, sha256_file
     mf = bundle / "manifest.json"

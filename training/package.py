@@ -74,7 +74,10 @@ def model_card(cfg: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
 
 
 def package_model(run: str | Path, out: str | Path = DEFAULT_MODEL,
-                  evaluation: dict[str, Any] | None = None) -> Path:
+                  evaluation: dict[str, Any] | None = None,
+                  training_hours: float | None = None) -> Path:
+    """training_hours: wall-clock hours, where the run's own epoch timings miss time
+    (epochs measured only from their last resume)."""
     run = Path(run)
     src = run / "best" if (run / "best" / ckpt.MODEL_FILE).is_file() else run
     nets, cfg = ckpt.load_model(src)
@@ -87,7 +90,8 @@ def package_model(run: str | Path, out: str | Path = DEFAULT_MODEL,
     cfg["card"] = {
         "machine": f"{sysinfo.cpu_model()} ({sysinfo.machine()['cores']} cores)"
         if "cpu" in cfg.get("train", {}).get("device_used", "cpu") else "GPU",
-        "training_hours": round(sum(h.get("seconds", 0) for h in hist) / 3600, 2),
+        "training_hours": training_hours if training_hours is not None
+        else round(sum(h.get("seconds", 0) for h in hist) / 3600, 2),
         "epochs_trained": len(hist),
         "validation_history": [{"epoch": h["epoch"], **h.get("val", {})} for h in hist],
         "terms": TERMS,
@@ -106,9 +110,10 @@ def main(argv=None) -> int:
     p.add_argument("run", help="run folder (its best/ checkpoint is packaged)")
     p.add_argument("--out", default=str(DEFAULT_MODEL))
     p.add_argument("--eval", help="evaluation JSON report to put in the model card")
+    p.add_argument("--training-hours", type=float, help="wall-clock training time to report")
     a = p.parse_args(argv)
     ev = json.loads(Path(a.eval).read_text()) if a.eval else None
-    out = package_model(a.run, a.out, ev)
+    out = package_model(a.run, a.out, ev, a.training_hours)
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"packaged {out} ({size / 1e6:.1f} MB)")
     return 0
