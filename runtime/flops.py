@@ -30,28 +30,42 @@ def generator_flops(arch: dict[str, Any], size: int) -> int:
 
 
 def onnx_conv_flops(path: str, size: int) -> int:
-    """2 x conv MACs of an ONNX model at batch 1, size x size (needs the onnx package)."""
+    """2 x conv MACs of an ONNX model at batch 1, size x size.
+
+    Shapes are read off a real run (onnxruntime, every conv's input, weight and
+    output exposed as graph outputs), not off shape inference, which cannot follow
+    the computed pads of some exporters' graphs. Needs the onnx package.
+    """
+    import numpy as np
     import onnx
-    from onnx import shape_inference
+    import onnxruntime as ort
     model = onnx.load(path)
-    inp = model.graph.input[0]
-    dims = inp.type.tensor_type.shape.dim
-    for d, v in zip(dims, (1, 3, size, size)):
-        d.ClearField("dim_param")
-        d.dim_value = v
-    model = shape_inference.infer_shapes(model, data_prop=True)
-    shapes = {}
-    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
-        shapes[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+    convs = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    if not convs:
+        raise ValueError(f"{path}: no Conv or ConvTranspose node in the graph")
     inits = {t.name: list(t.dims) for t in model.graph.initializer}
+    present = {o.name for o in model.graph.output}
+    wanted = []
+    for n in convs:
+        for name in (n.input[0], n.output[0]) + (() if n.input[1] in inits else (n.input[1],)):
+            if name not in present and name not in wanted:
+                wanted.append(name)
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(w) for w in wanted)
+    inp = model.graph.input[0]
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    values = sess.run(None, {inp.name: np.zeros((1, 3, size, size), dtype)})
+    shapes = {k: list(v.shape) for k, v in zip(names, values)}
     total = 0
-    for n in model.graph.node:
-        if n.op_type == "Conv":
-            w = inits[n.input[1]]                   # Cout, Cin/g, kh, kw
-            out = shapes[n.output[0]]               # N, Cout, H, W
+    for n in convs:
+        w = inits.get(n.input[1]) or shapes[n.input[1]]
+        if n.op_type == "Conv":                         # w: Cout, Cin/g, kh, kw; per output pixel
+            out = shapes[n.output[0]]
             total += out[2] * out[3] * w[0] * w[1] * w[2] * w[3]
-        elif n.op_type == "ConvTranspose":
-            w = inits[n.input[1]]                   # Cin, Cout/g, kh, kw
-            xin = shapes[n.input[0]]                # N, Cin, H, W
+        else:                                           # w: Cin, Cout/g, kh, kw; per input pixel
+            xin = shapes[n.input[0]]
             total += xin[2] * xin[3] * w[0] * w[1] * w[2] * w[3]
     return 2 * total

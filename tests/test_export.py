@@ -148,6 +148,10 @@ def test_onnx_files_carry_metadata_and_dynamic_axes(tiny_bundle):
     onnx.checker.check_model(str(tiny_bundle / "photo2sketch.onnx"), full_check=True)
     assert max(o.version for o in onnx.load(str(tiny_bundle / "photo2sketch.onnx")).opset_import
                if o.domain in ("", "ai.onnx")) >= 17
+    # The supported exporter ran: the TorchScript one is only a fallback, and a
+    # clean install that silently lacks onnxscript would fall back without this.
+    onnx_entry = next(e for e in m["files"] if e["format"] == "onnx")
+    assert onnx_entry["info"]["exporter"] == "dynamo", onnx_entry["info"]
 
 
 def test_fp16_graph_keeps_norms_and_output_in_fp32(tiny_bundle):

@@ -447,39 +447,44 @@ def test_request_timeout_is_504_json(tiny_checkpoint):
 
 
 def test_full_queue_answers_503_with_retry_after(tiny_checkpoint):
+    import threading
     from webui.engine import QueueFull
     app = ready_app(tiny_checkpoint, queue_size=1, batch_max_size=1, retry_after_s=2)
     holder = app.extensions["facesketch"]
     batcher = holder.batcher
     client = app.test_client()
-    # Keep the engine busy with large images (each takes a while to detect and
-    # resize) and keep the one-slot queue full, then ask through the API. The
-    # engine could finish a job in the few ms between the check and the request,
-    # so a 200 there is retried (a broken queue answers 200 every time).
-    big = np.random.default_rng(0).integers(0, 256, (4000, 6000, 3), np.uint8)
-    jobs, answers = [], []
+    # Hold the engine inside its (real) translate call until the test lets it go, so
+    # the one-slot queue stays full however fast this machine translates.
+    gate, real = threading.Event(), batcher._translate_batch
+
+    def held(images, direction):
+        gate.wait(60)
+        return real(images, direction=direction)
+
+    batcher._translate_batch = held
+    img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
+    jobs = []
     try:
-        for _attempt in range(5):
-            for _ in range(10):
-                try:
-                    jobs.append(batcher.submit(big, "photo2sketch"))
-                except QueueFull:
-                    break
-            else:
-                pytest.fail("the queue never filled")
-            r = post(client, png())
-            answers.append(r.status_code)
-            if r.status_code == 503:
-                break
-        assert answers[-1] == 503, answers
+        jobs.append(batcher.submit(img, "photo2sketch"))     # the engine takes it ...
+        deadline = time.monotonic() + 30
+        while batcher.qsize() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert batcher.qsize() == 0, "the engine never took the first job"
+        jobs.append(batcher.submit(img, "photo2sketch"))     # ... and this one waits
+        with pytest.raises(QueueFull, match="queue is full"):
+            batcher.submit(img, "photo2sketch")
+        r = post(client, png())
+        assert r.status_code == 503
         assert r.headers["Retry-After"] == "2"
         body = r.get_json()
         assert body["code"] == "busy" and "retry" in body["error"]
         assert client.get("/api/info").get_json()["server"]["rejected_queue_full"] >= 2
+        gate.set()
         for j in jobs:
-            j.wait(300)
+            assert j.wait(60).image.shape == (64, 64, 3)
         assert post(client, png()).status_code == 200   # and it recovers
     finally:
+        gate.set()
         holder.close()
 
 
