@@ -41,7 +41,14 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable or inconsistent."""
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_replace(tmp: Path, dst: Path) -> None:
+    os.chmod(tmp, 0o666 & ~_umask())          # safetensors writes 0600; give a normal file's mode
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, dst)

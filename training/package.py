@@ -55,9 +55,10 @@ def model_card(cfg: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
         f"train, used unpaired ({len(data.get('held_out', []))} pairs held back for validation).",
         "- The CUFS test set was used only for the evaluation below, never for model selection.", "",
         "## Schedule and hardware", "",
-        f"- {prog.get('epochs')} epochs planned (constant LR for the first half, then linear decay), "
-        f"checkpoint chosen at epoch {prog.get('epoch')} (global step {prog.get('global_step')}) by "
-        "validation SSIM on the held-back pairs.",
+        f"- {cfg.get('card', {}).get('epochs_trained') or prog.get('epochs')} epochs trained of "
+        f"{prog.get('steps_per_epoch')} steps (constant LR for the first half of the schedule, then "
+        f"linear decay); the packaged generators are those after global step {prog.get('global_step')}, "
+        "chosen by validation SSIM on the held-back pairs (history below).",
         f"- Batch {tr.get('batch_size')}, Adam {tr.get('lr')} (0.5, 0.999), LSGAN, cycle x10, "
         "identity x5, 50-image pools, precision " f"{tr.get('precision_used')}, device {tr.get('device_used')}.",
         f"- Training machine: {cfg.get('card', {}).get('machine', 'see card.machine')}; "
@@ -69,6 +70,12 @@ def model_card(cfg: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
     if val:
         lines += [f"Validation (held-back train pairs, 128x128 canvas): SSIM photo->sketch "
                   f"{val['ssim_photo2sketch']:.4f}, sketch->photo {val['ssim_sketch2photo']:.4f}.", ""]
+    hist = cfg.get("card", {}).get("validation_history") or []
+    if hist:
+        lines += ["Validation history (epoch: learning rate, SSIM photo->sketch / sketch->photo; "
+                  "the schedule was lengthened by resuming, so the rate is not monotone): " + "; ".join(
+            f"{h['epoch'] + 1}: {h.get('lr') or 0:.1e}, {h['ssim_photo2sketch']:.3f} / {h['ssim_sketch2photo']:.3f}"
+            for h in hist if "ssim_photo2sketch" in h) + ".", ""]
     lines += ["## Terms", "", TERMS, ""]
     return "\n".join(lines)
 
@@ -93,7 +100,7 @@ def package_model(run: str | Path, out: str | Path = DEFAULT_MODEL,
         "training_hours": training_hours if training_hours is not None
         else round(sum(h.get("seconds", 0) for h in hist) / 3600, 2),
         "epochs_trained": len(hist),
-        "validation_history": [{"epoch": h["epoch"], **h.get("val", {})} for h in hist],
+        "validation_history": [{"epoch": h["epoch"], "lr": h.get("lr"), **h.get("val", {})} for h in hist],
         "terms": TERMS,
         "packaged": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
