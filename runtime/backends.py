@@ -103,7 +103,13 @@ class BackendSpec:
 
 
 class Backend:
-    """Base class: subclasses implement check, _load, _run (and maybe close)."""
+    """Base class: subclasses implement check, _load, _run (and maybe close).
+
+    ``_run`` is called under a per-backend lock unless the class sets
+    ``serialize = False`` (a remote server that takes concurrent calls itself).
+    """
+
+    serialize = True
 
     def __init__(self, spec: BackendSpec, files: dict[str, Path], entry: dict[str, Any]):
         self.spec = spec
@@ -147,7 +153,10 @@ class Backend:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"{self.name}: expected an N x 3 x H x W batch, got shape {x.shape}")
-        with self._lock:
+        if self.serialize:
+            with self._lock:
+                y = self._run(x)
+        else:
             y = self._run(x)
         return np.asarray(y, dtype=np.float32)
 

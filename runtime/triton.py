@@ -109,6 +109,8 @@ class TritonBackend(B.Backend):
     """One model on a Triton server (one direction). Calls from several threads run
     concurrently (one HTTP connection per thread): the server batches them."""
 
+    serialize = False
+
     def __init__(self, spec: B.BackendSpec, files: dict[str, Path], entry: dict[str, Any],
                  server: str | None = None, model: str | None = None):
         super().__init__(spec, files, entry)
@@ -169,12 +171,7 @@ class TritonBackend(B.Backend):
             raise BundleError(f"Triton model {self.model!r} takes {shape[1]}x{shape[2]} images, the "
                               f"local model {s}x{s}: the server runs a different export")
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        if not self.loaded:
-            self.load()
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"{self.name}: expected an N x 3 x H x W batch, got shape {x.shape}")
+    def _run(self, x: np.ndarray) -> np.ndarray:
         step = self._max_batch or 1  # no implicit batch axis: the model takes 1 x 3 x S x S
         outs = [self._infer(x[i:i + step]) for i in range(0, len(x), step)]
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
