@@ -117,6 +117,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", default="1", help="comma list, e.g. 1,8,32")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--compile", default="off", choices=("off", "on", "both"))
+    p.add_argument("--channels-last", default="auto", choices=("auto", "off", "on", "both"),
+                   help="memory format (auto: the trainer's default, on for CUDA only)")
     p.add_argument("--iters", type=int, default=12)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)
@@ -126,16 +128,18 @@ def main(argv=None) -> int:
         p.error(f"no CUFS data at {a.data} (this benchmark times training on real images)")
     results = []
     compiles = {"off": [False], "on": [True], "both": [False, True]}[a.compile]
+    layouts = {"auto": [None], "off": [False], "on": [True], "both": [False, True]}[a.channels_last]
     for bs in [int(b) for b in a.batch_size.split(",")]:
-        for comp in compiles:
+        for comp, cl in [(c, m) for c in compiles for m in layouts]:
             cfg = TrainConfig(out="/tmp/facesketch-bench", data=a.data, size=a.size, blocks=a.blocks,
                               batch_size=bs, device=a.device, precision=a.precision, compile=comp,
-                              progress=False, holdout=0, max_images=max(32, 2 * bs),
-                              fit_detector=False)
+                              channels_last=cl, progress=False, holdout=0,
+                              max_images=max(32, 2 * bs), fit_detector=False)
             r = measure(cfg, a.iters, a.warmup, a.rounds)
             results.append(r)
             c = r["config"]
-            print(f"batch {bs:4d} {c['precision']:5s} compile={comp!s:5s} {r['it_s']:8.2f} it/s "
+            print(f"batch {bs:4d} {c['precision']:5s} compile={comp!s:5s} "
+                  f"channels_last={c['channels_last']!s:5s} {r['it_s']:8.2f} it/s "
                   f"{r['images_s']:9.1f} img/s  {r['flops_per_step'] / 1e9:7.1f} GFLOP/step  "
                   f"{r['achieved_gflop_s']:8.1f} GFLOP/s = {r['share_of_fp32_matmul_peak']:.2f} "
                   f"of fp32 matmul ({r['matmul_fp32_gflop_s']:.0f} GFLOP/s)"

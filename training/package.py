@@ -65,7 +65,8 @@ def model_card(cfg: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
         f"training time {cfg.get('card', {}).get('training_hours', '?')} h.", "",
     ]
     if evaluation:
-        lines += ["## Metrics (CUFS test set)", "", evaluation.get("markdown", "").strip(), ""]
+        from facesketch.evaluate import markdown
+        lines += ["## Metrics (CUFS test set)", "", markdown(evaluation).strip(), ""]
     val = cfg.get("metrics", {}).get("val")
     if val:
         lines += [f"Validation (held-back train pairs, 128x128 canvas): SSIM photo->sketch "
@@ -105,7 +106,8 @@ def package_model(run: str | Path, out: str | Path = DEFAULT_MODEL,
         "packaged": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if evaluation:
-        cfg["metrics"]["test"] = evaluation.get("summary", evaluation)
+        cfg["metrics"]["test"] = {k: evaluation[k] for k in ("metrics", "input_vs_target", "detector",
+                                                             "anchors", "data") if k in evaluation}
     out = Path(out)
     ckpt.save_model(out, nets["G_A"], nets["G_B"], cfg, dtype=torch.float16)
     (out / "MODEL_CARD.md").write_text(model_card(cfg, evaluation))
