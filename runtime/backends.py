@@ -23,6 +23,7 @@ to use the engine well under concurrency.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -153,10 +154,7 @@ class Backend:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"{self.name}: expected an N x 3 x H x W batch, got shape {x.shape}")
-        if self.serialize:
-            with self._lock:
-                y = self._run(x)
-        else:
+        with self._lock if self.serialize else contextlib.nullcontext():
             y = self._run(x)
         return np.asarray(y, dtype=np.float32)
 
