@@ -16,6 +16,15 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+# Inputs that ONNX types as float32 whatever the data's precision: op -> input indices
+# (Resize's ``scales``; the "resize" generator arch upsamples with Resize).
+FP32_ONLY_INPUTS: dict[str, frozenset[int]] = {"Resize": frozenset({2})}
+
+
+def _input_precision(node: onnx.NodeProto, index: int, keep: bool) -> int:
+    if keep or index in FP32_ONLY_INPUTS.get(node.op_type, ()):
+        return FLOAT
+    return HALF
 
 
 def _float_tensors(model: onnx.ModelProto) -> set[str]:
@@ -48,9 +57,9 @@ def convert_to_fp16(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = ("Insta
     # Who consumes each float tensor, and in which precision.
     wants: dict[str, set[int]] = {}
     for n, keep in zip(g.node, keep_nodes):
-        for name in n.input:
+        for i, name in enumerate(n.input):
             if name in floats:
-                wants.setdefault(name, set()).add(FLOAT if keep else HALF)
+                wants.setdefault(name, set()).add(_input_precision(n, i, keep))
     for o in g.output:
         wants.setdefault(o.name, set()).add(FLOAT)
 
@@ -68,14 +77,15 @@ def convert_to_fp16(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = ("Insta
             t.CopyFrom(numpy_helper.from_array(arr, name))
             produced[name] = HALF
     for n, keep in zip(g.node, keep_nodes):
-        if n.op_type == "Constant" and not keep:
+        if n.op_type == "Constant" and not keep and wants.get(n.output[0], {HALF}) != {FLOAT}:
             for a in n.attribute:
                 if a.name == "value" and a.t.data_type == FLOAT:
                     a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float16),
                                                          a.t.name))
         for name in n.output:
             if name in floats:
-                produced[name] = FLOAT if keep else HALF
+                fp32_const = n.op_type == "Constant" and wants.get(name, {HALF}) == {FLOAT}
+                produced[name] = FLOAT if keep or fp32_const else HALF
 
     # Rewire inputs through Casts where precisions differ.
     casts: dict[tuple[str, int], str] = {}
@@ -91,8 +101,8 @@ def convert_to_fp16(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = ("Insta
 
     rewritten: list[onnx.NodeProto] = []
     for n, keep in zip(g.node, keep_nodes):
-        want = FLOAT if keep else HALF
         for i, name in enumerate(n.input):
+            want = _input_precision(n, i, keep)
             if name in produced and produced[name] != want:
                 n.input[i] = cast(name, want)
         rewritten.extend(new_nodes)

@@ -11,22 +11,29 @@ import math
 from typing import Any
 
 
-def generator_macs(blocks: int, ngf: int, size: int, input_nc: int = 3, output_nc: int = 3) -> int:
-    """Conv MACs of one generator forward pass on a size x size image."""
+def generator_macs(blocks: int, ngf: int, size: int, input_nc: int = 3, output_nc: int = 3,
+                   upsample: str = "transpose") -> int:
+    """Conv MACs of one generator forward pass on a size x size image.
+
+    ``upsample``: "transpose" (ConvTranspose, MACs per input pixel) or "resize"
+    (2x resize then a 3x3 conv, MACs per output pixel: 4x the transpose's).
+    """
+    up = 4 if upsample == "resize" else 1
     s1, s2 = math.ceil(size / 2), math.ceil(size / 4)          # stride-2 convs: k3, p1
     macs = size * size * ngf * input_nc * 49                   # c7s1-ngf
     macs += s1 * s1 * (2 * ngf) * ngf * 9                      # d(2ngf)
     macs += s2 * s2 * (4 * ngf) * (2 * ngf) * 9                # d(4ngf)
     macs += blocks * 2 * s2 * s2 * (4 * ngf) ** 2 * 9          # R(4ngf) x blocks, two convs each
-    macs += s2 * s2 * (4 * ngf) * (2 * ngf) * 9                # u(2ngf): ConvTranspose, per input pixel
-    macs += (2 * s2) * (2 * s2) * (2 * ngf) * ngf * 9          # u(ngf)
+    macs += up * s2 * s2 * (4 * ngf) * (2 * ngf) * 9           # u(2ngf)
+    macs += up * (2 * s2) * (2 * s2) * (2 * ngf) * ngf * 9     # u(ngf)
     macs += (4 * s2) * (4 * s2) * output_nc * ngf * 49         # c7s1-3 (on the upsampled size)
     return macs
 
 
 def generator_flops(arch: dict[str, Any], size: int) -> int:
     return 2 * generator_macs(int(arch["blocks"]), int(arch["ngf"]), size,
-                              int(arch.get("input_nc", 3)), int(arch.get("output_nc", 3)))
+                              int(arch.get("input_nc", 3)), int(arch.get("output_nc", 3)),
+                              str(arch.get("upsample", "transpose")))
 
 
 def onnx_conv_flops(path: str, size: int) -> int:

@@ -21,16 +21,26 @@ def cufs() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A random-init checkpoint (size 32, 1 block, ngf 8): fast for format/plumbing tests."""
+def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """A random-init checkpoint (size 32, 1 block, ngf 8) of every generator arch
+    (training.networks.ARCHS): fast for format/plumbing tests."""
     torch = pytest.importorskip("torch")
     from training.checkpoint import model_config, save_model
-    from training.networks import build_generator, init_weights
+    from training.networks import ARCHS, build_generator, init_weights
 
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny_ckpt")
-    cfg = model_config(1, 8, 32)
-    return save_model(out, init_weights(build_generator(1, 8)), init_weights(build_generator(1, 8)), cfg)
+    out = {}
+    for arch in ARCHS:
+        torch.manual_seed(0)
+        nets = [init_weights(build_generator(1, 8, arch)) for _ in range(2)]
+        out[arch] = save_model(tmp_path_factory.mktemp(f"tiny_ckpt_{arch}"), *nets,
+                               model_config(1, 8, 32, arch))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_checkpoints) -> Path:
+    """The reference-arch tiny checkpoint (ConvTranspose upsampling)."""
+    return tiny_checkpoints["reference"]
 
 
 # ------------------------------------------------------------------ export / runtime
@@ -68,12 +78,25 @@ def synthetic_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory, tiny_checkpoint, synthetic_data) -> Path:
-    """tiny_checkpoint exported with every format this machine can build, calibrated on
-    synthetic_data (session-wide: copy it before modifying it). openvino-int8 is kept
-    whatever its speed (speed_check=False) so its runtime path is always tested."""
+def tiny_bundles(tmp_path_factory, tiny_checkpoints, synthetic_data):
+    """arch -> the tiny checkpoint of that arch exported with every format this machine
+    can build, calibrated on synthetic_data; exported on first use, once per session
+    (copy a bundle before modifying it). openvino-int8 is kept whatever its speed
+    (speed_check=False) so its runtime path is always tested."""
     pytest.importorskip("onnx")
     from export import export_bundle
-    out = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
-    return export_bundle(tiny_checkpoint, out, formats="all", calibration=synthetic_data,
-                         speed_check=False)
+    made: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in made:
+            out = tmp_path_factory.mktemp(f"tiny_bundle_{arch}") / "bundle"
+            made[arch] = export_bundle(tiny_checkpoints[arch], out, formats="all",
+                                       calibration=synthetic_data, speed_check=False)
+        return made[arch]
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_bundles) -> Path:
+    """The reference-arch tiny bundle."""
+    return tiny_bundles("reference")

@@ -50,12 +50,18 @@ FORMAT_PARAMS = [pytest.param(n, marks=pytest.mark.gpu) if n == "tensorrt" else 
 
 
 # ----------------------------------------------------------------- the one check per format
+@pytest.mark.parametrize("arch", ["reference", "resize"])
 @pytest.mark.parametrize("fmt", FORMAT_PARAMS)
-def test_format_export_load_run_parity(fmt, tiny_bundle, tiny_checkpoint, synthetic_data):
-    """Every format of the table: exported (or skipped with its reason), loaded by every
-    backend that runs it here, run on real images, and within its parity floor."""
+def test_format_export_load_run_parity(fmt, arch, tiny_bundles, tiny_checkpoints, synthetic_data):
+    """Every format of the table, for every generator arch: exported (or skipped with its
+    reason), loaded by every backend that runs it here, run on real images, and within
+    its parity floor."""
     from runtime import Translator
     from runtime import backends as B
+    from training.networks import ARCHS
+    assert set(ARCHS) == {"reference", "resize"}  # a new arch joins the parametrization
+    tiny_bundle, tiny_checkpoint = tiny_bundles(arch), tiny_checkpoints[arch]
+    assert _manifest(tiny_bundle)["source"]["arch"]["upsample"] == ARCHS[arch]
     m = _manifest(tiny_bundle)
     if fmt in m["skipped"]:
         pytest.skip(f"{fmt} skipped at export: {m['skipped'][fmt]}")

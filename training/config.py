@@ -16,6 +16,9 @@ class TrainConfig:
     sketches: Optional[str] = None
     size: int = 128
     blocks: int = 3
+    # generator upsampling: "resize" (resize + conv, no checkerboard) or "reference"
+    # (the reference code's ConvTranspose; import-reference and old checkpoints)
+    arch: str = choices("resize", "reference", default="resize")
     ngf: int = 64
     ndf: int = 64
     epochs: int = 200                     # constant LR for the first half, then linear decay
@@ -35,6 +38,13 @@ class TrainConfig:
     beta1: float = 0.5
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5          # times lambda_cycle
+    # Semi-supervised mode: "auto" pairs photos and sketches by file name and adds a
+    # paired L1 loss (lambda_pair) for the paired part; "off" trains unpaired.
+    pairs: str = choices("auto", "off", default="auto")
+    lambda_pair: float = 10.0
+    # std of Gaussian noise added to a translation before it is reconstructed
+    # (against the cycle "steganography" of Chu et al. 2017; 0 = off)
+    cycle_noise: float = 0.0
     pool_size: int = 50
     log_every: int = 25                   # steps between loss read-backs (host syncs)
     max_steps: Optional[int] = None       # stop (with a checkpoint) at this global step
@@ -49,5 +59,8 @@ class TrainConfig:
         for name in ("blocks", "epochs", "batch_size", "ngf", "ndf", "log_every"):
             if getattr(self, name) < (0 if name == "blocks" else 1):
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("lambda_pair", "cycle_noise", "lambda_cycle", "lambda_identity"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_images is not None and self.max_images < 1:
             raise ConfigError(f"max_images must be >= 1, got {self.max_images}")

@@ -8,12 +8,27 @@ Names in code vs the paper (Zhu et al., 2017), domain A = photos, B = sketches:
   G_A  = G : photo -> sketch        D_A = D_Y : judges sketches (real_B vs G_A(A))
   G_B  = F : sketch -> photo        D_B = D_X : judges photos   (real_A vs G_B(B))
   ResnetGenerator layers, paper notation: c7s1-64, d128, d256, R256 x N, u128, u64, c7s1-3.
+
+Two generator architectures (``ARCHS``), recorded as ``arch.upsample`` in every
+checkpoint and bundle:
+  "reference"  u128/u64 are stride-2 ConvTranspose2d (k3), as the reference code:
+               its kernels overlap unevenly and print a checkerboard of dots.
+  "resize"     u128/u64 are bilinear 2x resize + reflection pad + 3x3 conv (Odena et
+               al., "Deconvolution and Checkerboard Artifacts", 2016): every output
+               pixel sees the same kernel footprint. Bilinear rather than nearest: a
+               nearest resize leaves a period-2 staircase that a 3x3 conv passes at a
+               third of its amplitude (tests/test_metrics.py measures both). The default.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+# arch name (what users pass as --arch) -> upsampling layer of u128/u64
+ARCHS = {"resize": "resize", "reference": "transpose"}
+UPSAMPLERS = tuple(ARCHS.values())
 
 
 class ResnetBlock(nn.Module):
@@ -42,10 +57,13 @@ class ResnetGenerator(nn.Module):
     reference's ``use_bias = norm_layer == InstanceNorm2d``).
     """
 
-    def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_blocks: int = 3):
+    def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_blocks: int = 3,
+                 upsample: str = "transpose"):
         super().__init__()
         if n_blocks < 0:
             raise ValueError(f"n_blocks must be >= 0, got {n_blocks}")
+        if upsample not in UPSAMPLERS:
+            raise ValueError(f"upsample must be one of {', '.join(UPSAMPLERS)}, got {upsample!r}")
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
             nn.Conv2d(input_nc, ngf, kernel_size=7, padding=0, bias=True),
@@ -62,9 +80,13 @@ class ResnetGenerator(nn.Module):
         layers += [ResnetBlock(ngf * 4) for _ in range(n_blocks)]
         for i in range(2):  # u128, u64
             mult = 2 ** (2 - i)
+            if upsample == "transpose":
+                layers.append(nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, kernel_size=3, stride=2,
+                                                 padding=1, output_padding=1, bias=True))
+            else:
+                layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.ReflectionPad2d(1),
+                           nn.Conv2d(ngf * mult, ngf * mult // 2, kernel_size=3, padding=0, bias=True)]
             layers += [
-                nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, kernel_size=3, stride=2,
-                                   padding=1, output_padding=1, bias=True),
                 nn.InstanceNorm2d(ngf * mult // 2),
                 nn.ReLU(True),
             ]
@@ -120,8 +142,25 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
     return net
 
 
-def build_generator(blocks: int = 3, ngf: int = 64) -> ResnetGenerator:
-    return ResnetGenerator(3, 3, ngf=ngf, n_blocks=blocks)
+def build_generator(blocks: int = 3, ngf: int = 64, arch: str = "reference") -> ResnetGenerator:
+    """``arch``: a name in ARCHS ("reference": ConvTranspose upsampling, "resize": resize-conv)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown generator arch {arch!r}; valid: {', '.join(ARCHS)}")
+    return ResnetGenerator(3, 3, ngf=ngf, n_blocks=blocks, upsample=ARCHS[arch])
+
+
+def arch_name(arch: dict) -> str:
+    """The ARCHS name of a checkpoint/bundle ``arch`` dict (no ``upsample`` key: reference)."""
+    up = arch.get("upsample", "transpose")
+    for name, u in ARCHS.items():
+        if u == up:
+            return name
+    raise ValueError(f"unknown generator upsampling {up!r}; valid: {', '.join(UPSAMPLERS)}")
+
+
+def generator_from_arch(arch: dict) -> ResnetGenerator:
+    """Build the generator an ``arch`` dict (checkpoint config, bundle manifest) describes."""
+    return build_generator(int(arch["blocks"]), int(arch["ngf"]), arch_name(arch))
 
 
 def build_discriminator(ndf: int = 64, n_layers: int = 3) -> NLayerDiscriminator:

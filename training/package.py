@@ -5,7 +5,7 @@
 Takes the run's ``best/`` generators (chosen by validation on held-back training
 pairs, never by the test set), refits the photo/sketch detector on the run's
 training images if the run has none, and writes fp16 safetensors + JSON +
-MODEL_CARD.md to facesketch/models/default (well under 20 MB).
+MODEL_CARD.md to facesketch/models/default (at most 32 MB).
 """
 
 from __future__ import annotations
@@ -43,47 +43,71 @@ def refit_detector(cfg: dict[str, Any]) -> dict[str, Any]:
     return fit_detector(arrays[0], arrays[1])
 
 
-def model_card(cfg: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
+def _recipe(tr: dict[str, Any], data: dict[str, Any]) -> str:
+    lc = tr.get("lambda_cycle", 10.0)
+    parts = [f"LSGAN, cycle x{lc:g}"]
+    if tr.get("lambda_identity"):
+        parts.append(f"identity x{lc * tr['lambda_identity']:g}")
+    if data.get("train_pairs"):
+        parts.append(f"paired L1 x{tr.get('lambda_pair', 10.0):g} on the "
+                     f"{data['train_pairs']} pairs")
+    if tr.get("cycle_noise"):
+        parts.append(f"noise std {tr['cycle_noise']:g} before reconstruction")
+    return ", ".join(parts)
+
+
+def model_card(cfg: dict[str, Any], evaluation: dict[str, Any] | None,
+               notes: str = "") -> str:
     tr, data, prog = cfg.get("train", {}), cfg.get("data", {}), cfg.get("progress", {})
+    up = cfg["arch"].get("upsample", "transpose")
+    up_text = ("bilinear 2x resize + 3x3 conv upsampling (no checkerboard)" if up == "resize"
+               else "ConvTranspose upsampling (the reference layout)")
+    pairs = data.get("train_pairs") or 0
     lines = [
         "# facesketch default model", "",
-        f"CycleGAN ResnetGenerator ({cfg['arch']['blocks']} blocks, ngf {cfg['arch']['ngf']}) at "
-        f"{cfg['image_size']}x{cfg['image_size']}; G_A = photo -> sketch, G_B = sketch -> photo. "
-        "Weights stored as fp16 safetensors.", "",
+        f"CycleGAN ResnetGenerator ({cfg['arch']['blocks']} blocks, ngf {cfg['arch']['ngf']}, "
+        f"{up_text}) at {cfg['image_size']}x{cfg['image_size']}; G_A = photo -> sketch, "
+        "G_B = sketch -> photo. Weights stored as fp16 safetensors.", "",
         "## Data", "",
         f"- {data.get('train_photos')} photos and {data.get('train_sketches')} sketches of CUFS "
-        f"train, used unpaired ({len(data.get('held_out', []))} pairs held back for validation).",
+        + (f"train, {pairs} of them paired by file name (semi-supervised: the paired L1 loss "
+           "beside the CycleGAN losses)" if pairs else "train, used unpaired")
+        + f" ({len(data.get('held_out', []))} pairs held back for validation).",
         "- The CUFS test set was used only for the evaluation below, never for model selection.", "",
         "## Schedule and hardware", "",
         f"- {cfg.get('card', {}).get('epochs_trained') or prog.get('epochs')} epochs trained of "
         f"{prog.get('steps_per_epoch')} steps (constant LR for the first half of the schedule, then "
         f"linear decay); the packaged generators are those after global step {prog.get('global_step')}, "
-        "chosen by validation SSIM on the held-back pairs (history below).",
-        f"- Batch {tr.get('batch_size')}, Adam {tr.get('lr')} (0.5, 0.999), LSGAN, cycle x10, "
-        "identity x5, 50-image pools, precision " f"{tr.get('precision_used')}, device {tr.get('device_used')}.",
+        "chosen by validation on the held-back pairs (history below).",
+        f"- Batch {tr.get('batch_size')}, Adam {tr.get('lr')} (0.5, 0.999), {_recipe(tr, data)}, "
+        f"{tr.get('pool_size', 50)}-image pools, precision {tr.get('precision_used')}, device "
+        f"{tr.get('device_used')}.",
         f"- Training machine: {cfg.get('card', {}).get('machine', 'see card.machine')}; "
         f"training time {cfg.get('card', {}).get('training_hours', '?')} h.", "",
     ]
+    if notes:
+        lines += [notes.strip(), ""]
     if evaluation:
         from facesketch.evaluate import markdown
         lines += ["## Metrics (CUFS test set)", "", markdown(evaluation).strip(), ""]
-    val = cfg.get("metrics", {}).get("val")
-    if val:
-        lines += [f"Validation (held-back train pairs, 128x128 canvas): SSIM photo->sketch "
-                  f"{val['ssim_photo2sketch']:.4f}, sketch->photo {val['ssim_sketch2photo']:.4f}.", ""]
-    hist = cfg.get("card", {}).get("validation_history") or []
+    hist = [h for h in cfg.get("card", {}).get("validation_history") or [] if "ssim_photo2sketch" in h]
     if hist:
-        lines += ["Validation history (epoch: learning rate, SSIM photo->sketch / sketch->photo; "
-                  "the schedule was lengthened by resuming, so the rate is not monotone): " + "; ".join(
-            f"{h['epoch'] + 1}: {h.get('lr') or 0:.1e}, {h['ssim_photo2sketch']:.3f} / {h['ssim_sketch2photo']:.3f}"
-            for h in hist if "ssim_photo2sketch" in h) + ".", ""]
+        size = cfg["image_size"]
+        lines += [f"Validation history on the held-back train pairs ({size}x{size} canvas; epoch: "
+                  "learning rate, FSIM photo->sketch / sketch->photo where measured, else SSIM): "
+                  + "; ".join(
+                      f"{h['epoch'] + 1}: {h.get('lr') or 0:.1e}, "
+                      + (f"FSIM {h['fsim_photo2sketch']:.3f} / {h['fsim_sketch2photo']:.3f}"
+                         if "fsim_photo2sketch" in h else
+                         f"SSIM {h['ssim_photo2sketch']:.3f} / {h['ssim_sketch2photo']:.3f}")
+                      for h in hist) + ".", ""]
     lines += ["## Terms", "", TERMS, ""]
     return "\n".join(lines)
 
 
 def package_model(run: str | Path, out: str | Path = DEFAULT_MODEL,
                   evaluation: dict[str, Any] | None = None,
-                  training_hours: float | None = None) -> Path:
+                  training_hours: float | None = None, notes: str = "") -> Path:
     """training_hours: wall-clock hours, where the run's own epoch timings miss time
     (epochs measured only from their last resume)."""
     run = Path(run)
@@ -94,7 +118,7 @@ def package_model(run: str | Path, out: str | Path = DEFAULT_MODEL,
     hist = []
     state = run / ckpt.STATE_FILE
     if state.is_file():
-        hist = ckpt.load_state(state)[1].get("history", [])
+        hist = ckpt.load_resume_state(state)[1].get("history", [])
     cfg["card"] = {
         "machine": f"{sysinfo.cpu_model()} ({sysinfo.machine()['cores']} cores)"
         if "cpu" in cfg.get("train", {}).get("device_used", "cpu") else "GPU",
@@ -110,7 +134,7 @@ def package_model(run: str | Path, out: str | Path = DEFAULT_MODEL,
                                                              "anchors", "data") if k in evaluation}
     out = Path(out)
     ckpt.save_model(out, nets["G_A"], nets["G_B"], cfg, dtype=torch.float16)
-    (out / "MODEL_CARD.md").write_text(model_card(cfg, evaluation))
+    (out / "MODEL_CARD.md").write_text(model_card(cfg, evaluation, notes))
     return out
 
 
@@ -120,9 +144,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(DEFAULT_MODEL))
     p.add_argument("--eval", help="evaluation JSON report to put in the model card")
     p.add_argument("--training-hours", type=float, help="wall-clock training time to report")
+    p.add_argument("--notes", help="a Markdown file of notes for the model card (size chosen, why)")
     a = p.parse_args(argv)
     ev = json.loads(Path(a.eval).read_text()) if a.eval else None
-    out = package_model(a.run, a.out, ev, a.training_hours)
+    notes = Path(a.notes).read_text() if a.notes else ""
+    out = package_model(a.run, a.out, ev, a.training_hours, notes)
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"packaged {out} ({size / 1e6:.1f} MB)")
     return 0
