@@ -211,8 +211,8 @@ def test_real_training_step_changes_weights_with_finite_losses(tmp_path, cufs):
     run.wrap()
     before = {k: v.clone() for k, v in run.G_A.state_dict().items()}
     d_before = {k: v.clone() for k, v in run.D_A.state_dict().items()}
-    order = run.epoch_order(0, len(run.train_A))
-    losses = run.train_step(run.batch(run.train_A, order, 0), run.batch(run.train_B, order, 0))
+    order_A, order_B = run.orders(0)
+    losses = run.train_step(*run.batches(order_A, order_B, 0))  # CUFS pairs: paired L1 on
     assert torch.isfinite(losses).all() and (losses > 0).all()
     assert any(not torch.equal(before[k], v) for k, v in run.G_A.state_dict().items())
     assert any(not torch.equal(d_before[k], v) for k, v in run.D_A.state_dict().items())
@@ -281,6 +281,78 @@ def test_exact_resume_matches_straight_run(tmp_path, cufs):
 def test_training_without_history_pool(tmp_path, cufs):
     out = train(tiny(tmp_path / "run", cufs, epochs=1, pool_size=0))
     assert ckpt.load_state(out / ckpt.STATE_FILE)[1]["global_step"] == 4
+
+
+# ----------------------------------------------------------------- semi-supervised pairs
+def _pair_run(tmp_path: Path, photos: Path, sketches: Path, **kw):
+    from training.trainer import Run
+    base = dict(out=str(tmp_path / "run"), photos=str(photos), sketches=str(sketches), size=32,
+                blocks=1, ngf=8, ndf=8, holdout=0, epochs=1, progress=False, fit_detector=False)
+    base.update(kw)
+    run = Run(TrainConfig(**base))
+    run.load_data()
+    run.build()
+    run.wrap()
+    return run
+
+
+def test_pairs_auto_finds_pairs_by_file_name_and_shares_their_augmentation(tmp_path):
+    # the same pictures in both folders, sketches as .jpg: every photo has its partner
+    write_images(tmp_path / "p", 6, ext=".png", seed=1)
+    for f in sorted((tmp_path / "p").iterdir()):
+        (tmp_path / "s").mkdir(exist_ok=True)
+        Image.open(f).save(tmp_path / "s" / (f.stem + ".png"))
+    (tmp_path / "s" / "005.png").rename(tmp_path / "s" / "005.bmp")  # another suffix still pairs
+    run = _pair_run(tmp_path, tmp_path / "p", tmp_path / "s")
+    assert len(run.partner) == 6 and run.data_summary["train_pairs"] == 6
+    order_A, order_B = run.orders(0)
+    for a, b in zip(order_A, order_B):
+        assert run.train_A.names[a].split(".")[0] == run.train_B.names[b].split(".")[0]
+    for step in range(run.steps_per_epoch):  # same crop and flip for both: identical tensors
+        real_A, real_B, paired = run.batches(order_A, order_B, step)
+        assert paired.tolist() == [1.0] and torch.equal(real_A, real_B)
+    losses = run.train_step(real_A, real_B, paired)
+    from training.trainer import LOSS_NAMES
+    named = dict(zip(LOSS_NAMES, losses.tolist()))
+    assert named["pair_A"] > 0 and named["pair_B"] > 0
+
+
+def test_unpaired_folders_and_pairs_off_train_unpaired(tmp_path, caplog):
+    write_images(tmp_path / "p", 4, seed=1)
+    write_images(tmp_path / "s", 4, seed=2)
+    for f in (tmp_path / "s").iterdir():
+        f.rename(f.with_name("sk_" + f.name))  # no common names
+    import logging
+    with caplog.at_level(logging.INFO, logger="facesketch.train"):
+        run = _pair_run(tmp_path, tmp_path / "p", tmp_path / "s")
+    assert run.partner == {} and "0 of 4 photos" in caplog.text and "training unpaired" in caplog.text
+    real_A, real_B, paired = run.batches(*run.orders(0), 0)
+    assert paired is None
+    losses = run.train_step(real_A, real_B, paired)
+    from training.trainer import LOSS_NAMES
+    named = dict(zip(LOSS_NAMES, losses.tolist()))
+    assert named["pair_A"] == 0 and named["pair_B"] == 0 and named["cycle_A"] > 0
+    write_images(tmp_path / "s2", 4, seed=2)  # same names, but --pairs off
+    assert _pair_run(tmp_path, tmp_path / "p", tmp_path / "s2", pairs="off",
+                     out=str(tmp_path / "r2")).partner == {}
+
+
+@pytest.mark.parametrize("arch", ["reference", "resize"])
+def test_both_archs_train_save_and_load(tmp_path, arch):
+    write_images(tmp_path / "trainA", 3)
+    write_images(tmp_path / "trainB", 3)
+    out = train(TrainConfig(out=str(tmp_path / "run"), data=str(tmp_path), size=32, blocks=1, ngf=8,
+                            ndf=8, holdout=0, epochs=1, progress=False, fit_detector=False,
+                            arch=arch, cycle_noise=0.1, lambda_identity=0))
+    nets, cfg = ckpt.load_model(out)
+    from training.networks import ARCHS
+    assert cfg["arch"]["upsample"] == ARCHS[arch]
+    has_transpose = any(isinstance(m, torch.nn.ConvTranspose2d) for m in nets["G_A"].modules())
+    assert has_transpose == (arch == "reference")
+    with pytest.raises(ckpt.CheckpointError, match="arch"):  # resume must keep the arch
+        other = "resize" if arch == "reference" else "reference"
+        train(TrainConfig(out=str(out), data=str(tmp_path), size=32, blocks=1, ngf=8, ndf=8,
+                          holdout=0, epochs=2, progress=False, arch=other, resume=True))
 
 
 def test_resume_without_state_is_a_clear_error(tmp_path):
@@ -354,3 +426,192 @@ def test_ctrl_c_writes_a_resumable_checkpoint(tmp_path, cufs):
     assert "resumable checkpoint" in text
     meta = ckpt.load_state(out / ckpt.STATE_FILE)[1]
     assert meta["global_step"] > 0
+
+
+# ----------------------------------------------------------------- damaged checkpoints, stale temps, log replay
+def _small(tmp_path: Path, out: str = "run", **kw) -> TrainConfig:
+    """Random images (no CUFS): 2 per domain, so 2 steps per epoch; log every step."""
+    data = tmp_path / "data"
+    if not (data / "trainA").is_dir():
+        write_images(data / "trainA", 2, seed=1)
+        write_images(data / "trainB", 2, seed=2)
+    base = dict(out=str(tmp_path / out), data=str(data), size=32, blocks=1, ngf=8, ndf=8,
+                holdout=0, epochs=3, log_every=1, progress=False, fit_detector=False, seed=5)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _rewrite(path: Path, data: bytes) -> None:
+    """Replace ``path`` by a new file, as a copy would: not in place, where it would pull
+    the pages from under a live memory map of it (safetensors maps what it loads)."""
+    tmp = path.with_name("damaged.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    """A copy cut short (full disk, interrupted transfer)."""
+    data = path.read_bytes()
+    _rewrite(path, data[: int(len(data) * keep)])
+
+
+def _steps(out: Path) -> list[int]:
+    return [json.loads(line)["global_step"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _meta(step: int) -> dict:
+    meta = {k: {} for k in ckpt.STATE_KEYS}
+    meta.update(epoch=0, global_step=step)
+    return meta
+
+
+def _damage(path: Path, how: str) -> None:
+    from safetensors.torch import save_file
+    if how == "truncated":
+        _truncate(path)
+    elif how == "empty":
+        _rewrite(path, b"")
+    elif how == "flipped":  # same length, header intact: only the sha256 can tell
+        data = bytearray(path.read_bytes())
+        data[-3] ^= 0xFF
+        _rewrite(path, bytes(data))
+    elif how == "flipped-meta":  # a digit of global_step in the header's JSON: still valid JSON
+        data = path.read_bytes()
+        assert data.count(b'global_step\\": 2') == 1
+        _rewrite(path, data.replace(b'global_step\\": 2', b'global_step\\": 7'))
+    elif how == "no-metadata":
+        save_file({"w": torch.zeros(3)}, str(path))
+    elif how == "bad-json":
+        save_file({"w": torch.zeros(3)}, str(path), metadata={"facesketch_state": "{not json"})
+    elif how == "incomplete-metadata":
+        save_file({"w": torch.zeros(3)}, str(path),
+                  metadata={"facesketch_state": json.dumps({"epoch": 1})})
+
+
+def test_save_state_keeps_the_previous_state_and_a_digest(tmp_path):
+    path = tmp_path / ckpt.STATE_FILE
+    step = torch.tensor(3.0)  # a 0-d tensor, like Adam's step
+    ckpt.save_state(path, {"w": torch.arange(6.0), "step": step}, _meta(1))
+    assert not (tmp_path / ckpt.PREV_STATE_FILE).exists()
+    ckpt.save_state(path, {"w": torch.arange(6.0) * 2, "step": step}, _meta(2))
+    prev = tmp_path / ckpt.PREV_STATE_FILE
+    assert ckpt.load_state(path)[1]["global_step"] == 2
+    tensors, meta = ckpt.load_state(prev)
+    assert meta["global_step"] == 1 and torch.equal(tensors["w"], torch.arange(6.0))
+    raw = ckpt.read_metadata(path)
+    assert raw[ckpt.STATE_DIGEST] == ckpt.state_digest(ckpt.load_state(path)[0], raw[ckpt.STATE_META])
+    ckpt.save_state(path, {"w": torch.zeros(2)}, _meta(3), keep_previous=False)
+    assert ckpt.load_state(prev)[1]["global_step"] == 1  # not rotated
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ckpt.PREV_STATE_FILE, ckpt.STATE_FILE]
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "flipped", "flipped-meta", "no-metadata",
+                                 "bad-json", "incomplete-metadata"])
+def test_damaged_state_falls_back_to_the_previous_one(tmp_path, caplog, how):
+    import re
+    path = tmp_path / ckpt.STATE_FILE
+    ckpt.save_state(path, {"w": torch.arange(1000.0)}, _meta(1))
+    ckpt.save_state(path, {"w": torch.arange(1000.0) + 1}, _meta(2))
+    assert ckpt.load_resume_state(path)[2] == path
+    _damage(path, how)
+    with pytest.raises(ckpt.CheckpointError, match=re.escape(str(path))) as err:
+        ckpt.load_state(path)
+    assert not isinstance(err.value, ckpt.SafetensorError)
+    with caplog.at_level("WARNING"):
+        tensors, meta, used = ckpt.load_resume_state(path)
+    assert used == tmp_path / ckpt.PREV_STATE_FILE and meta["global_step"] == 1
+    assert torch.equal(tensors["w"], torch.arange(1000.0))
+    warning = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warning) == 1 and str(path) in warning[0] and "previous state" in warning[0]
+    if how.startswith("flipped"):
+        assert "sha256" in warning[0]
+
+
+def test_resume_after_truncated_state_continues_from_the_previous_one(tmp_path, caplog):
+    import logging
+    out = train(_small(tmp_path, max_steps=4))           # saves at step 2 and step 4
+    state, prev = out / ckpt.STATE_FILE, out / ckpt.PREV_STATE_FILE
+    assert ckpt.load_state(prev)[1]["global_step"] == 2
+    straight = {k: v.clone() for k, v in _state(out).items()}
+    _truncate(state)
+    with caplog.at_level(logging.INFO):
+        train(_small(tmp_path, max_steps=4, resume=True))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(str(state) in w and "truncated or corrupt" in w for w in warnings), warnings
+    assert "(global 2)" in caplog.text                    # resumed from state.prev's step
+    assert ckpt.load_state(state)[1]["global_step"] == 4
+    # the damaged file was not kept as state.prev over the good one
+    assert ckpt.load_state(prev)[1]["global_step"] == 2
+    resumed = _state(out)
+    assert [k for k in straight if not torch.equal(straight[k], resumed[k])] == []
+    assert _steps(out) == [1, 2, 3, 4]
+
+
+def test_resume_with_both_states_damaged_names_both(tmp_path):
+    out = train(_small(tmp_path, max_steps=4))
+    _truncate(out / ckpt.STATE_FILE)
+    _truncate(out / ckpt.PREV_STATE_FILE, 0.9)
+    with pytest.raises(ckpt.CheckpointError) as err:
+        train(_small(tmp_path, max_steps=6, resume=True))
+    msg = str(err.value)
+    assert str(out / ckpt.STATE_FILE) in msg and str(out / ckpt.PREV_STATE_FILE) in msg
+    assert "another --out" in msg and "delete" in msg
+    with pytest.raises(ckpt.CheckpointError, match="already holds a run"):  # no silent restart
+        train(_small(tmp_path, max_steps=6))
+
+
+def test_truncated_or_corrupt_model_files_are_checkpoint_errors(tmp_path):
+    from training.networks import build_generator
+    good = ckpt.save_model(tmp_path / "good", build_generator(1, 8), build_generator(1, 8),
+                           ckpt.model_config(1, 8, 32))
+    ckpt.load_model(good)
+    import shutil
+    bad = shutil.copytree(good, tmp_path / "bad")
+    _truncate(bad / ckpt.MODEL_FILE)
+    with pytest.raises(ckpt.CheckpointError, match="truncated or corrupt") as err:
+        ckpt.load_model(bad)
+    assert str(bad / ckpt.MODEL_FILE) in str(err.value)
+    assert not isinstance(err.value, ckpt.SafetensorError)
+    (bad / ckpt.CONFIG_FILE).unlink()                     # config then comes from the header
+    with pytest.raises(ckpt.CheckpointError, match="truncated or corrupt"):
+        ckpt.read_config(bad)
+    nojs = shutil.copytree(good, tmp_path / "badjson")
+    _truncate(nojs / ckpt.CONFIG_FILE)
+    with pytest.raises(ckpt.CheckpointError, match="model.json is corrupt"):
+        ckpt.read_config(nojs)
+
+
+def test_stale_temp_files_are_removed_when_a_run_starts(tmp_path, caplog):
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    stale = [run / f".state.safetensors.tmp{dead.pid}",
+             run / "best" / f".model.safetensors.tmp{dead.pid}",
+             run / f".model.json.tmp{os.getpid()}"]     # our own pid is not writing at start
+    live = run / f".model.safetensors.tmp{os.getppid()}"   # a running process: left alone
+    others = [run / ".notes.tmpx", run / "keep.tmp123", run / ".x.tmp12.bak"]
+    for f in stale + [live] + others:
+        f.write_bytes(b"\0" * 1000)
+    with caplog.at_level("WARNING"):
+        train(_small(tmp_path, epochs=1, max_steps=1))
+    for f in stale:
+        assert not f.exists(), f
+        assert any(str(f) in r.getMessage() and "removed" in r.getMessage() for r in caplog.records)
+    assert live.exists() and any(str(live) in r.getMessage() for r in caplog.records)
+    assert all(f.exists() for f in others)
+    assert not any(".tmp" in p.name and p not in [live] + others for p in run.rglob("*"))
+
+
+def test_log_has_unique_steps_after_a_replay(tmp_path):
+    out = train(_small(tmp_path, max_steps=4))
+    assert _steps(out) == [1, 2, 3, 4]
+    # kill -9 after steps 3-4 were logged but before their checkpoint: the state on disk
+    # is still step 2's, and the log may end in a half-written line.
+    import shutil
+    shutil.copyfile(out / ckpt.PREV_STATE_FILE, out / ckpt.STATE_FILE)
+    with open(out / "log.jsonl", "a") as fh:
+        fh.write('{"epoch": 2, "global_st')
+    train(_small(tmp_path, max_steps=5, resume=True))
+    steps = _steps(out)                                   # every line parses, too
+    assert steps == [1, 2, 3, 4, 5] and len(steps) == len(set(steps))

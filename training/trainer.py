@@ -41,23 +41,40 @@ from .launch import write_rank_digest
 from .networks import build_discriminator, build_generator, init_weights
 
 log = logging.getLogger("facesketch.train")
-LOSS_NAMES = ("G_adv_A", "G_adv_B", "cycle_A", "cycle_B", "idt_A", "idt_B", "G", "D_A", "D_B")
+LOSS_NAMES = ("G_adv_A", "G_adv_B", "cycle_A", "cycle_B", "idt_A", "idt_B", "pair_A", "pair_B",
+              "G", "D_A", "D_B")
+G_INDEX = LOSS_NAMES.index("G")
 
 
 # ----------------------------------------------------------------- modules
 class GeneratorPair(nn.Module):
-    """Both generators' passes of one step as a single forward (one DDP call)."""
+    """Both generators' passes of one step as a single forward (one DDP call).
 
-    def __init__(self, G_A: nn.Module, G_B: nn.Module):
+    ``identity``: also run G on y and F on x (the identity loss), batched with the
+    translations; off when its weight is 0. ``cycle_noise``: Gaussian noise of that
+    std is added to G(x) and F(y) before they are reconstructed, so the cycle cannot
+    be closed by a hidden low-amplitude copy of the input (Chu et al., 2017).
+    """
+
+    def __init__(self, G_A: nn.Module, G_B: nn.Module, identity: bool = True,
+                 cycle_noise: float = 0.0):
         super().__init__()
         self.G_A, self.G_B = G_A, G_B
+        self.identity, self.cycle_noise = identity, cycle_noise
 
     def forward(self, real_A: torch.Tensor, real_B: torch.Tensor):
         n = real_A.shape[0]
-        fake_B, idt_A = self.G_A(torch.cat([real_A, real_B])).split(n)   # G(x), G(y)
-        fake_A, idt_B = self.G_B(torch.cat([real_B, real_A])).split(n)   # F(y), F(x)
-        rec_A = self.G_B(fake_B)                                         # F(G(x))
-        rec_B = self.G_A(fake_A)                                         # G(F(y))
+        if self.identity:
+            fake_B, idt_A = self.G_A(torch.cat([real_A, real_B])).split(n)   # G(x), G(y)
+            fake_A, idt_B = self.G_B(torch.cat([real_B, real_A])).split(n)   # F(y), F(x)
+        else:
+            fake_B, fake_A, idt_A, idt_B = self.G_A(real_A), self.G_B(real_B), None, None
+        nb, na = fake_B, fake_A
+        if self.cycle_noise > 0:
+            nb = fake_B + self.cycle_noise * torch.randn_like(fake_B)
+            na = fake_A + self.cycle_noise * torch.randn_like(fake_A)
+        rec_A = self.G_B(nb)                                             # F(G(x))
+        rec_B = self.G_A(na)                                             # G(F(y))
         return fake_B, fake_A, rec_A, rec_B, idt_A, idt_B
 
 
@@ -232,9 +249,16 @@ class Run:
             if len(dom) == 0:
                 raise DataError(f"{dom.folder}: no images left for training after holding back "
                                 f"{cfg.holdout}; lower --holdout")
+        # partner[i] = index in train_B of the sketch with photo i's file name (pairs=auto)
+        self.partner = find_pairs(self.train_A, self.train_B) if cfg.pairs == "auto" else {}
+        if self.master and cfg.pairs == "auto":
+            log.info("pairs: %d of %d photos have a sketch of the same file name%s", len(self.partner),
+                     len(self.train_A), " (paired L1 loss on those, the rest unpaired)" if self.partner
+                     else "; training unpaired")
         self.data_summary = {
             "layout": layout.name, "photos": str(layout.photos), "sketches": str(layout.sketches),
             "train_photos": len(self.train_A), "train_sketches": len(self.train_B),
+            "train_pairs": len(self.partner),
             "held_out": held, "skipped": self.train_A.skipped + self.train_B.skipped,
             "load_size": ls,
         }
@@ -249,11 +273,12 @@ class Run:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         mf = torch.channels_last if self.channels_last else torch.preserve_format
-        self.G_A = init_weights(build_generator(cfg.blocks, cfg.ngf)).to(self.device, memory_format=mf)
-        self.G_B = init_weights(build_generator(cfg.blocks, cfg.ngf)).to(self.device, memory_format=mf)
+        self.G_A = init_weights(build_generator(cfg.blocks, cfg.ngf, cfg.arch)).to(self.device, memory_format=mf)
+        self.G_B = init_weights(build_generator(cfg.blocks, cfg.ngf, cfg.arch)).to(self.device, memory_format=mf)
         self.D_A = init_weights(build_discriminator(cfg.ndf)).to(self.device, memory_format=mf)
         self.D_B = init_weights(build_discriminator(cfg.ndf)).to(self.device, memory_format=mf)
-        self.gens = GeneratorPair(self.G_A, self.G_B)
+        self.gens = GeneratorPair(self.G_A, self.G_B, identity=cfg.lambda_identity > 0,
+                                  cycle_noise=cfg.cycle_noise)
         self.discs = DiscriminatorPair(self.D_A, self.D_B)
         self.opt_G = make_adam(self.gens.parameters(), cfg, self.device)
         self.opt_D = make_adam(self.discs.parameters(), cfg, self.device)
@@ -320,7 +345,11 @@ class Run:
         if not self.master:
             return
         t, meta = self.state_tensors()
-        ckpt.save_state(self.out / ckpt.STATE_FILE, t, meta)
+        # After resuming past a damaged state.safetensors, the first save must not keep
+        # that file as state.prev (it would replace the good one resume came from).
+        damaged = getattr(self, "state_damaged", False)
+        ckpt.save_state(self.out / ckpt.STATE_FILE, t, meta, keep_previous=not damaged)
+        self.state_damaged = False
         ckpt.save_model(self.out, self.G_A, self.G_B, self.model_config())
         self.last_save = time.monotonic()
         log.info("checkpoint (%s): epoch %d step %d -> %s", reason, self.epoch, self.global_step,
@@ -329,7 +358,7 @@ class Run:
     def model_config(self) -> dict[str, Any]:
         cfg = self.cfg
         return ckpt.model_config(
-            cfg.blocks, cfg.ngf, cfg.size,
+            cfg.blocks, cfg.ngf, cfg.size, cfg.arch,
             train={**to_dict(cfg), "precision_used": self.precision, "world_size": self.world,
                    "device_used": str(self.device)},
             progress={"epoch": self.epoch, "global_step": self.global_step, "epochs": cfg.epochs,
@@ -341,10 +370,13 @@ class Run:
         )
 
     def resume(self) -> None:
-        path = self.out / ckpt.STATE_FILE
-        tensors, meta = ckpt.load_state(path)
+        # state.safetensors, or state.prev.safetensors (with a warning) if that is damaged
+        newest = self.out / ckpt.STATE_FILE
+        tensors, meta, path = ckpt.load_resume_state(newest)
+        self.state_damaged = path != newest
         saved = meta["config"]
-        for key in ("size", "blocks", "ngf", "ndf"):
+        saved.setdefault("arch", "reference")  # runs from before the arch option
+        for key in ("size", "blocks", "ngf", "ndf", "arch"):
             if saved[key] != getattr(self.cfg, key):
                 raise ckpt.CheckpointError(
                     f"cannot resume: the run was started with {key}={saved[key]}, "
@@ -382,6 +414,9 @@ class Run:
         self.history = list(meta.get("history", []))
         self.best_score = -math.inf if meta.get("best_score") is None else float(meta["best_score"])
         if self.master:
+            # Rows logged after this state was saved (then a kill -9) are about to be
+            # logged again by the replayed steps: drop them so no step appears twice.
+            ckpt.trim_log(self.out / "log.jsonl", self.global_step)
             log.info("resumed %s at epoch %d, step %d (global %d)%s", path, self.epoch,
                      self.step_in_epoch, self.global_step,
                      "" if same_world else f" (run had {meta.get('world_size')} processes, now "
@@ -410,11 +445,36 @@ class Run:
     def batch(self, dom: Domain, order: list[int], step: int) -> torch.Tensor:
         bs = self.cfg.batch_size
         idx = order[step * bs:(step + 1) * bs]
-        u8 = augment(dom.images[idx], self.cfg.size, self.data_gen)
+        return self._to_input(augment(dom.images[idx], self.cfg.size, self.data_gen))
+
+    def _to_input(self, u8: torch.Tensor) -> torch.Tensor:
         x = to_float(u8)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def train_step(self, real_A: torch.Tensor, real_B: torch.Tensor) -> torch.Tensor:
+    def orders(self, epoch: int) -> tuple[list[int], list[int]]:
+        """The epoch's photo and sketch orders; with pairs, a paired photo brings its sketch."""
+        order_A = self.epoch_order(epoch, len(self.train_A))
+        order_B = self.epoch_order(epoch, len(self.train_B))
+        if self.partner:
+            order_B = [self.partner.get(a, b) for a, b in zip(order_A, order_B)]
+        return order_A, order_B
+
+    def batches(self, order_A: list[int], order_B: list[int], step: int):
+        """(real_A, real_B, paired): with pairs each photo/sketch couple shares one crop
+        and flip (augmented as one 6-channel image); ``paired`` weighs the paired L1."""
+        if not self.partner:
+            return (self.batch(self.train_A, order_A, step), self.batch(self.train_B, order_B, step),
+                    None)
+        bs = self.cfg.batch_size
+        ia, ib = order_A[step * bs:(step + 1) * bs], order_B[step * bs:(step + 1) * bs]
+        both = augment(torch.cat([self.train_A.images[ia], self.train_B.images[ib]], 1),
+                       self.cfg.size, self.data_gen)
+        paired = torch.tensor([float(self.partner.get(a) == b) for a, b in zip(ia, ib)],
+                              device=self.device)
+        return self._to_input(both[:, :3]), self._to_input(both[:, 3:]), paired
+
+    def train_step(self, real_A: torch.Tensor, real_B: torch.Tensor,
+                   paired: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.cfg
         lam_c, lam_i = cfg.lambda_cycle, cfg.lambda_cycle * cfg.lambda_identity
         ac = autocast_ctx(self.device, self.precision)
@@ -428,9 +488,15 @@ class Run:
         g_adv_B = mse_to(pred_fake_A, 1.0)
         cyc_A = F.l1_loss(rec_A.float(), real_A) * lam_c
         cyc_B = F.l1_loss(rec_B.float(), real_B) * lam_c
-        idt_a = F.l1_loss(idt_A.float(), real_B) * lam_i
-        idt_b = F.l1_loss(idt_B.float(), real_A) * lam_i
-        loss_G = g_adv_A + g_adv_B + cyc_A + cyc_B + idt_a + idt_b
+        zero = real_A.new_zeros(())
+        idt_a = F.l1_loss(idt_A.float(), real_B) * lam_i if idt_A is not None else zero
+        idt_b = F.l1_loss(idt_B.float(), real_A) * lam_i if idt_B is not None else zero
+        pair_a = pair_b = zero
+        if paired is not None:  # L1 to the artist's sketch / the photo, paired samples only
+            w = paired * (cfg.lambda_pair / paired.sum().clamp(min=1.0))
+            pair_a = (w * (fake_B.float() - real_B).abs().mean((1, 2, 3))).sum()
+            pair_b = (w * (fake_A.float() - real_A).abs().mean((1, 2, 3))).sum()
+        loss_G = g_adv_A + g_adv_B + cyc_A + cyc_B + idt_a + idt_b + pair_a + pair_b
         self.opt_G.zero_grad(set_to_none=True)
         self.scaler_G.scale(loss_G).backward()
         self.scaler_G.step(self.opt_G)
@@ -451,7 +517,7 @@ class Run:
         self.scaler_D.scale(loss_D_A + loss_D_B).backward()
         self.scaler_D.step(self.opt_D)
         self.scaler_D.update()
-        return torch.stack([g_adv_A, g_adv_B, cyc_A, cyc_B, idt_a, idt_b, loss_G,
+        return torch.stack([g_adv_A, g_adv_B, cyc_A, cyc_B, idt_a, idt_b, pair_a, pair_b, loss_G,
                             loss_D_A, loss_D_B]).detach()
 
     # -- per-epoch side effects (rank 0)
@@ -466,7 +532,7 @@ class Run:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """SSIM of translations of held-back paired images against their partners."""
-        from facesketch.metrics import ssim
+        from facesketch.metrics import fsim, ssim
         pairs = [n for n in self.held_A.names if n in self.held_B.names]
         if not pairs:
             return {}
@@ -483,8 +549,11 @@ class Run:
         hwc = lambda t: t.permute(0, 2, 3, 1).cpu().numpy()  # noqa: E731
         p2s = float(np.mean([ssim(a, b) for a, b in zip(hwc(fake_B), hwc(real_B))]))
         s2p = float(np.mean([ssim(a, b) for a, b in zip(hwc(fake_A), hwc(real_A))]))
-        return {"ssim_photo2sketch": p2s, "ssim_sketch2photo": s2p, "score": (p2s + s2p) / 2,
-                "pairs": len(pairs)}
+        f_p2s = float(np.mean([fsim(a, b) for a, b in zip(hwc(fake_B), hwc(real_B))]))
+        f_s2p = float(np.mean([fsim(a, b) for a, b in zip(hwc(fake_A), hwc(real_A))]))
+        # the score that picks best/: FSIM, the figure the face-sketch literature reports
+        return {"ssim_photo2sketch": p2s, "ssim_sketch2photo": s2p, "fsim_photo2sketch": f_p2s,
+                "fsim_sketch2photo": f_s2p, "score": (f_p2s + f_s2p) / 2, "pairs": len(pairs)}
 
     @torch.no_grad()
     def sample_grid(self, path: Path, k: int = 4) -> None:
@@ -535,6 +604,16 @@ class Run:
         return True
 
 
+def find_pairs(photos: Domain, sketches: Domain) -> dict[int, int]:
+    """Photo index -> sketch index for images of the same file name; the suffix may
+    differ (1.jpg pairs with 1.png)."""
+    stem = lambda n: n.rsplit(".", 1)[0]  # noqa: E731
+    by_stem: dict[str, int] = {}
+    for j, n in enumerate(sketches.names):
+        by_stem.setdefault(stem(n), j)
+    return {i: by_stem[stem(n)] for i, n in enumerate(photos.names) if stem(n) in by_stem}
+
+
 def _py_random_state():
     v, state, gauss = random.getstate()
     return [v, list(state), gauss]
@@ -565,8 +644,9 @@ def plot_losses(log_path: Path, out: Path) -> None:
         return
     steps = [r["global_step"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for name in ("G", "cycle_A", "cycle_B"):
-        axes[0].plot(steps, [r["losses"][name] for r in rows], label=name)
+    for name in ("G", "cycle_A", "cycle_B", "pair_A", "pair_B"):
+        if name in rows[-1]["losses"]:
+            axes[0].plot(steps, [r["losses"].get(name, float("nan")) for r in rows], label=name)
     for name in ("D_A", "D_B", "G_adv_A", "G_adv_B"):
         axes[1].plot(steps, [r["losses"][name] for r in rows], label=name)
     for ax in axes:
@@ -597,10 +677,13 @@ def _train(run: Run) -> Path:
     cfg = run.cfg
     if run.master:
         state_file = run.out / ckpt.STATE_FILE
-        if state_file.exists() and not cfg.resume:
+        if (state_file.exists() or ckpt.previous_state(state_file).exists()) and not cfg.resume:
             raise ckpt.CheckpointError(f"{run.out} already holds a run; pass --resume to continue "
                                        "it, or choose another --out")
         run.out.mkdir(parents=True, exist_ok=True)
+        # Temporary files of writes a kill -9 cut short (a state's is ~180 MB): this run
+        # owns the folder now. Logs each removal; see remove_stale_temps for which go.
+        ckpt.remove_stale_temps(run.out, run.out / "best")
     run.load_data()
     run.build()
     if cfg.resume:
@@ -626,15 +709,13 @@ def _train(run: Run) -> Path:
                 for opt in (run.opt_G, run.opt_D):
                     for g in opt.param_groups:
                         g["lr"] = lr
-                order_A = run.epoch_order(run.epoch, len(run.train_A))
-                order_B = run.epoch_order(run.epoch, len(run.train_B))
+                order_A, order_B = run.orders(run.epoch)
                 loss_sum = torch.zeros(len(LOSS_NAMES), device=run.device)
                 epoch_sum = torch.zeros(len(LOSS_NAMES), device=run.device)
                 n_sum, n_epoch, t_epoch, t_log = 0, 0, time.perf_counter(), time.perf_counter()
                 while run.step_in_epoch < run.steps_per_epoch:
-                    real_A = run.batch(run.train_A, order_A, run.step_in_epoch)
-                    real_B = run.batch(run.train_B, order_B, run.step_in_epoch)
-                    losses = run.train_step(real_A, real_B)
+                    real_A, real_B, paired = run.batches(order_A, order_B, run.step_in_epoch)
+                    losses = run.train_step(real_A, real_B, paired)
                     loss_sum += losses
                     n_sum += 1
                     run.step_in_epoch += 1
@@ -653,7 +734,8 @@ def _train(run: Run) -> Path:
                             log_file.write(json.dumps(rec) + "\n")
                             log_file.flush()
                         if bar is not None:
-                            bar.set_postfix(G=f"{vals[6]:.3f}", D=f"{vals[7] + vals[8]:.3f}",
+                            bar.set_postfix(G=f"{vals[G_INDEX]:.3f}",
+                                            D=f"{vals[G_INDEX + 1] + vals[G_INDEX + 2]:.3f}",
                                             epoch=run.epoch)
                         loss_sum.zero_()
                         n_sum, t_log = 0, now
