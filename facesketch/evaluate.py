@@ -39,7 +39,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import imageio, sysinfo
-from .metrics import fsim, fsim_and_fsimc, psnr, ssim, to_gray
+from .metrics import FsimFeatures, checkerboard_db, fsim_features, fsim_from, psnr, ssim, to_gray
+from .progress import ProgressBar
 
 log = logging.getLogger("facesketch.evaluate")
 
@@ -146,24 +147,54 @@ def _match(out: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(out).resize((target.shape[1], target.shape[0]), Image.BICUBIC))
 
 
-def sketch_scores(generated: np.ndarray, artist: np.ndarray) -> dict[str, float]:
-    """photo -> sketch: grayscale SSIM, FSIM and PSNR (sketches are grayscale drawings)."""
+def sketch_scores(generated: np.ndarray, artist: np.ndarray,
+                  artist_features: FsimFeatures | None = None) -> dict[str, float]:
+    """photo -> sketch: grayscale SSIM, FSIM and PSNR (sketches are grayscale drawings).
+    ``artist_features``: fsim_features(to_gray(artist)), when the caller reuses them."""
     g, t = to_gray(_match(generated, artist)), to_gray(artist)
-    return {"ssim": ssim(g, t), "fsim": fsim(g, t), "psnr": psnr(g, t)}
+    ft = artist_features or fsim_features(t)
+    return {"ssim": ssim(g, t), "fsim": fsim_from(fsim_features(g), ft)[0], "psnr": psnr(g, t)}
 
 
-def photo_scores(generated: np.ndarray, real: np.ndarray) -> dict[str, float]:
-    """sketch -> photo: FSIMc (colour) and grayscale FSIM, SSIM on luma, PSNR over RGB."""
+def photo_scores(generated: np.ndarray, real: np.ndarray,
+                 real_features: FsimFeatures | None = None) -> dict[str, float]:
+    """sketch -> photo: FSIMc (colour) and grayscale FSIM, SSIM on luma, PSNR over RGB.
+    ``real_features``: fsim_features(real) (colour), when the caller reuses them."""
     g = _match(generated, real)
-    f, fc = fsim_and_fsimc(g, real)
+    f, fc = fsim_from(fsim_features(g), real_features or fsim_features(real), chromatic=True)
     return {"ssim": ssim(g, real), "fsim": f, "fsimc": fc,
             "psnr": psnr(g.astype(np.float64), real.astype(np.float64))}
+
+
+def score_pair(photo: np.ndarray, sketch: np.ndarray, gen_sketch: np.ndarray, gen_photo: np.ndarray,
+               raw_sketch: np.ndarray | None = None, raw_photo: np.ndarray | None = None,
+               model_size: int | None = None) -> dict[str, Any]:
+    """Every score of one pair. Each target's FSIM features are computed once and serve
+    both the translation and the doing-nothing baseline. With the raw (model-grid)
+    outputs and the model size, also the checkerboard measure of ours and of the
+    target brought to the same grid (metrics.checkerboard_db)."""
+    sketch_f, photo_f = fsim_features(to_gray(sketch)), fsim_features(photo)
+    row: dict[str, Any] = {
+        "photo2sketch": sketch_scores(gen_sketch, sketch, sketch_f),
+        "sketch2photo": photo_scores(gen_photo, photo, photo_f),
+        "input_vs_target": {"photo2sketch": sketch_scores(photo, sketch, sketch_f),
+                            "sketch2photo": photo_scores(sketch, photo, photo_f)},
+    }
+    if raw_sketch is not None and raw_photo is not None and model_size:
+        on_grid = lambda img: imageio.inner(*imageio.fit_square(img, model_size))  # noqa: E731
+        row["photo2sketch"]["checkerboard_db"] = checkerboard_db(raw_sketch)
+        row["sketch2photo"]["checkerboard_db"] = checkerboard_db(raw_photo)
+        row["target_checkerboard_db"] = {"photo2sketch": checkerboard_db(on_grid(sketch)),
+                                         "sketch2photo": checkerboard_db(on_grid(photo))}
+    return row
 
 
 def _summary(rows: Sequence[dict[str, float]], keys: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"n": len(rows)}
     for k in keys:
-        v = np.array([r[k] for r in rows], dtype=np.float64)
+        v = np.array([r[k] for r in rows if k in r], dtype=np.float64)
+        if v.size == 0:
+            continue
         finite = v[np.isfinite(v)]
         out[k] = float(finite.mean()) if finite.size else None
         out[k + "_std"] = float(finite.std()) if finite.size else None
@@ -190,6 +221,113 @@ def default_grid_faces(names: Sequence[str], count: int = GRID_FACES) -> list[st
     return [names[i] for i in idx]
 
 
+@dataclass
+class _Run:
+    """What one evaluation accumulates batch by batch."""
+
+    translator: Any
+    detector: dict | None
+    pool: ThreadPoolExecutor
+    grid_names: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    grid_images: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    sizes: set = field(default_factory=set)
+    resized: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=lambda: {"translate": 0.0, "detect": 0.0,
+                                                               "metrics": 0.0})
+
+    def _decode_pairs(self, pairs: Pairs, sl: slice) -> tuple[list[str], list, list]:
+        """The batch's decodable pairs; a damaged file skips its pair, named in the report."""
+        names, ph, sk = [], [], []
+        for name, fp, fs in zip(pairs.names[sl], pairs.photos[sl], pairs.sketches[sl]):
+            try:
+                p, s = imageio.decode(fp), imageio.decode(fs)
+            except imageio.ImageError as exc:
+                log.warning("skipping pair %s: %s", name, exc)
+                self.skipped[name] = str(exc)
+                continue
+            names.append(name)
+            ph.append(p)
+            sk.append(s)
+        return names, ph, sk
+
+    def batch(self, pairs: Pairs, sl: slice) -> None:
+        tr, t = self.translator, time.perf_counter()
+        names, ph, sk = self._decode_pairs(pairs, sl)
+        if not names:
+            return
+        out_sk = tr.translate_batch(ph, "photo2sketch")
+        out_ph = tr.translate_batch(sk, "sketch2photo")
+        self.seconds["translate"] += time.perf_counter() - t
+        t = time.perf_counter()
+        det_p = [_detect(x, self.detector) for x in ph]
+        det_s = [_detect(x, self.detector) for x in sk]
+        self.seconds["detect"] += time.perf_counter() - t
+        t = time.perf_counter()
+        jobs = [self.pool.submit(score_pair, p, s, a.image, b.image, a.raw, b.raw, tr.image_size)
+                for p, s, a, b in zip(ph, sk, out_sk, out_ph)]
+        for k, name in enumerate(names):
+            row = {"name": name, "subset": pairs.subsets.get(name), **jobs[k].result(),
+                   "detector": {"photo": [det_p[k][0], round(float(det_p[k][1]), 4)],
+                                "sketch": [det_s[k][0], round(float(det_s[k][1]), 4)]}}
+            self.rows.append(row)
+            self.sizes.add(ph[k].shape[:2])
+            self.resized += ph[k].shape[:2] != sk[k].shape[:2]
+            if name in self.grid_names:
+                self.grid_images[name] = {"photo": ph[k], "sketch": sk[k],
+                                          "gen_sketch": out_sk[k].image, "gen_photo": out_ph[k].image}
+        self.seconds["metrics"] += time.perf_counter() - t
+
+
+def _detect(rgb: np.ndarray, params: dict | None):
+    from runtime import detect_domain
+    return detect_domain(rgb, params)
+
+
+def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    groups: dict[str, list[dict[str, Any]]] = {ALL: rows}
+    for r in rows:
+        if r["subset"]:
+            groups.setdefault(r["subset"], []).append(r)
+    out: dict[str, Any] = {"groups": groups, "metrics": {}, "input_vs_target": {}, "detector": {},
+                           "target_checkerboard_db": {}}
+    for direction, keys in METRIC_KEYS.items():
+        keys = (*keys, "checkerboard_db")
+        out["metrics"][direction] = {g: _summary([r[direction] for r in rs], keys)
+                                     for g, rs in groups.items()}
+        out["input_vs_target"][direction] = {g: _summary([r["input_vs_target"][direction] for r in rs],
+                                                         keys[:-1]) for g, rs in groups.items()}
+        out["target_checkerboard_db"][direction] = {
+            g: _summary([{"checkerboard_db": r["target_checkerboard_db"][direction]}
+                         for r in rs if "target_checkerboard_db" in r], ("checkerboard_db",))
+            for g, rs in groups.items()}
+    for g, rs in groups.items():
+        wrong_p = [r["name"] for r in rs if r["detector"]["photo"][0] != "photo"]
+        wrong_s = [r["name"] for r in rs if r["detector"]["sketch"][0] != "sketch"]
+        out["detector"][g] = {"n_photos": len(rs), "n_sketches": len(rs),
+                              "photo_accuracy": 1 - len(wrong_p) / len(rs),
+                              "sketch_accuracy": 1 - len(wrong_s) / len(rs),
+                              "accuracy": 1 - (len(wrong_p) + len(wrong_s)) / (2 * len(rs)),
+                              "wrong_photos": wrong_p, "wrong_sketches": wrong_s}
+    return out
+
+
+DEFINITIONS = {
+    "photo2sketch": "generated sketch vs the artist's sketch, grayscale (luma): SSIM, FSIM, PSNR",
+    "sketch2photo": "generated photo vs the real photo: FSIMc (colour), FSIM and SSIM on luma, "
+                    "PSNR over RGB",
+    "ssim": "Wang et al. 2004: Gaussian window sigma 1.5, data range 255, population covariance, "
+            "grayscale",
+    "fsim": "Zhang et al. 2011 (FeatureSIM.m); FSIMc adds YIQ chroma",
+    "size": "native: outputs are brought back to the input's size by the runtime",
+    "input_vs_target": "the untranslated input scored against the target (doing nothing)",
+    "checkerboard_db": "spectral power at the 2x upsampling grid's frequencies (periods 2 and 4 "
+                       "model pixels) over their neighbourhood, dB, on the model's own pixel grid; "
+                       "target_checkerboard_db: the same of the targets fitted to that grid",
+}
+
+
 def evaluate(model: str | os.PathLike, data: str | os.PathLike | None = None, *,
              photos: str | os.PathLike | None = None, sketches: str | os.PathLike | None = None,
              limit: int | None = None, backend: str = "auto", device: str = "auto",
@@ -200,10 +338,12 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike | None = None, *,
 
     ``model``: a bundle folder or a checkpoint (runtime.Translator.load).
     ``limit``: the first N pairs (natural file-name order). ``grid``: write an
-    image grid (input | ours | artist, both directions) there. Returns the
-    report (JSON-serialisable); ``markdown(report)`` renders its table.
+    image grid (input | ours | artist, both directions) there. ``progress``:
+    called with (done, total) after each batch; default a progress bar with ETA
+    on stderr. Returns the report (JSON-serialisable); ``markdown(report)``
+    renders its table.
     """
-    from runtime import Translator, detect_domain
+    from runtime import Translator
 
     t_start = time.perf_counter()
     pairs = find_pairs(data, photos, sketches)
@@ -216,121 +356,67 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike | None = None, *,
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     model = Path(model)
     translator = Translator.load(model, backend=backend, device=device)
-    info = translator.info()
-    detector = _detector_params(model)
     workers = workers or min(4, os.cpu_count() or 1)
     n = len(pairs)
     log.info("evaluating %s (%s backend) on %d pairs from %s", model, translator.backend, n,
              pairs.photo_dir.parent)
-
-    rows: list[dict[str, Any]] = []
-    t_translate = t_metrics = t_detect = 0.0
+    bar = None if progress else ProgressBar(n, "evaluate", unit="pairs")
     grid_names = list(grid_faces) if grid_faces is not None else default_grid_faces(pairs.names)
-    grid_images: dict[str, dict[str, np.ndarray]] = {}
-    sizes: set[tuple[int, int]] = set()
-    resized = 0
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, n, batch_size):
-            sl = slice(start, start + batch_size)
-            names = pairs.names[sl]
-            ph = [imageio.decode(f) for f in pairs.photos[sl]]
-            sk = [imageio.decode(f) for f in pairs.sketches[sl]]
-            t = time.perf_counter()
-            gen_sk = [r.image for r in translator.translate_batch(ph, "photo2sketch")]
-            gen_ph = [r.image for r in translator.translate_batch(sk, "sketch2photo")]
-            t_translate += time.perf_counter() - t
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            run = _Run(translator, _detector_params(model), pool, grid_names)
+            for start in range(0, n, batch_size):
+                run.batch(pairs, slice(start, start + batch_size))
+                done = min(start + batch_size, n)
+                if progress:
+                    progress(done, n)
+                else:
+                    bar.update(done)
+        if not run.rows:
+            raise ValueError(f"none of the {n} pairs could be read ({len(run.skipped)} skipped)")
+        report = _report(run, pairs, model, translator, limit, grid, per_image,
+                         time.perf_counter() - t_start, workers, batch_size)
+    finally:
+        if bar is not None:
+            bar.close()
+        translator.close()
+    return report
 
-            t = time.perf_counter()
-            det_p = [detect_domain(x, detector) for x in ph]
-            det_s = [detect_domain(x, detector) for x in sk]
-            t_detect += time.perf_counter() - t
 
-            t = time.perf_counter()
-            jobs = [(pool.submit(sketch_scores, gs, s), pool.submit(photo_scores, gp, p),
-                     pool.submit(sketch_scores, p, s), pool.submit(photo_scores, s, p))
-                    for gs, gp, p, s in zip(gen_sk, gen_ph, ph, sk)]
-            for k, name in enumerate(names):
-                p2s, s2p, p2s_in, s2p_in = (j.result() for j in jobs[k])
-                sizes.add(ph[k].shape[:2])
-                resized += (ph[k].shape[:2] != sk[k].shape[:2])
-                rows.append({
-                    "name": name, "subset": pairs.subsets.get(name),
-                    "photo2sketch": p2s, "sketch2photo": s2p,
-                    "input_vs_target": {"photo2sketch": p2s_in, "sketch2photo": s2p_in},
-                    "detector": {"photo": [det_p[k][0], round(float(det_p[k][1]), 4)],
-                                 "sketch": [det_s[k][0], round(float(det_s[k][1]), 4)]},
-                })
-                if name in grid_names:
-                    grid_images[name] = {"photo": ph[k], "sketch": sk[k],
-                                         "gen_sketch": gen_sk[k], "gen_photo": gen_ph[k]}
-            t_metrics += time.perf_counter() - t
-            done = min(start + batch_size, n)
-            if progress:
-                progress(done, n)
-            elif done % (batch_size * 8) < batch_size or done == n:
-                log.info("%d/%d pairs", done, n)
-
-    groups: dict[str, list[dict[str, Any]]] = {ALL: rows}
-    for r in rows:
-        if r["subset"]:
-            groups.setdefault(r["subset"], []).append(r)
-    metrics: dict[str, dict[str, Any]] = {}
-    baseline: dict[str, dict[str, Any]] = {}
-    detection: dict[str, dict[str, Any]] = {}
-    for direction, keys in METRIC_KEYS.items():
-        metrics[direction] = {g: _summary([r[direction] for r in rs], keys) for g, rs in groups.items()}
-        baseline[direction] = {g: _summary([r["input_vs_target"][direction] for r in rs], keys)
-                               for g, rs in groups.items()}
-    for g, rs in groups.items():
-        wrong_p = [r["name"] for r in rs if r["detector"]["photo"][0] != "photo"]
-        wrong_s = [r["name"] for r in rs if r["detector"]["sketch"][0] != "sketch"]
-        detection[g] = {"n_photos": len(rs), "n_sketches": len(rs),
-                        "photo_accuracy": 1 - len(wrong_p) / len(rs),
-                        "sketch_accuracy": 1 - len(wrong_s) / len(rs),
-                        "accuracy": 1 - (len(wrong_p) + len(wrong_s)) / (2 * len(rs)),
-                        "wrong_photos": wrong_p, "wrong_sketches": wrong_s}
-
+def _report(run: _Run, pairs: Pairs, model: Path, translator: Any, limit: int | None,
+            grid: str | os.PathLike | None, per_image: bool, total: float, workers: int,
+            batch_size: int) -> dict[str, Any]:
+    agg = _aggregate(run.rows)
     grid_path = None
     if grid is not None:
-        ordered = [nm for nm in grid_names if nm in grid_images]
-        grid_path = str(save_grid([grid_images[nm] for nm in ordered], ordered, grid))
-
-    total = time.perf_counter() - t_start
+        ordered = [nm for nm in run.grid_names if nm in run.grid_images]
+        grid_path = str(save_grid([run.grid_images[nm] for nm in ordered], ordered, grid))
+    info, n, sec = translator.info(), len(run.rows), run.seconds
     report: dict[str, Any] = {
         "model": {"path": str(model), "kind": info.get("kind"), "hash": info.get("hash"),
                   "backend": translator.backend, "image_size": translator.image_size,
-                  "detector": "fitted" if detector else "built-in",
+                  "detector": "fitted" if run.detector else "built-in",
                   "card": info.get("model")},
         "data": {"photos": str(pairs.photo_dir), "sketches": str(pairs.sketch_dir), "pairs": n,
-                 "limit": limit, "native_sizes": sorted(f"{w}x{h}" for h, w in sizes),
-                 "outputs_resized_to_target": resized,
-                 "subsets": {g: len(rs) for g, rs in groups.items() if g != ALL},
+                 "limit": limit, "native_sizes": sorted(f"{w}x{h}" for h, w in run.sizes),
+                 "outputs_resized_to_target": run.resized, "skipped": run.skipped,
+                 "subsets": {g: len(rs) for g, rs in agg["groups"].items() if g != ALL},
                  "unpaired": pairs.unpaired},
-        "definitions": {
-            "photo2sketch": "generated sketch vs the artist's sketch, grayscale (luma): SSIM, FSIM, "
-                            "PSNR",
-            "sketch2photo": "generated photo vs the real photo: FSIMc (colour), FSIM and SSIM on "
-                            "luma, PSNR over RGB",
-            "ssim": "Wang et al. 2004: Gaussian window sigma 1.5, data range 255, population "
-                    "covariance, grayscale",
-            "fsim": "Zhang et al. 2011 (FeatureSIM.m); FSIMc adds YIQ chroma",
-            "size": "native: outputs are brought back to the input's size by the runtime",
-            "input_vs_target": "the untranslated input scored against the target (doing nothing)",
-        },
-        "metrics": metrics,
-        "input_vs_target": baseline,
-        "detector": detection,
+        "definitions": DEFINITIONS,
+        "metrics": agg["metrics"],
+        "input_vs_target": agg["input_vs_target"],
+        "target_checkerboard_db": agg["target_checkerboard_db"],
+        "detector": agg["detector"],
         "anchors": ANCHORS,
-        "grid": {"path": grid_path, "faces": [nm for nm in grid_names if nm in grid_images]},
-        "timing": {"seconds": round(total, 2), "translate_s": round(t_translate, 2),
-                   "metrics_s": round(t_metrics, 2), "detector_s": round(t_detect, 2),
+        "grid": {"path": grid_path, "faces": [nm for nm in run.grid_names if nm in run.grid_images]},
+        "timing": {"seconds": round(total, 2), "translate_s": round(sec["translate"], 2),
+                   "metrics_s": round(sec["metrics"], 2), "detector_s": round(sec["detect"], 2),
                    "pairs_per_s": round(n / total, 3) if total > 0 else None,
                    "workers": workers, "batch_size": batch_size},
     }
     if per_image:
-        report["per_image"] = rows
+        report["per_image"] = run.rows
     report["machine"] = sysinfo.machine()
-    translator.close()
     return _json_safe(report)
 
 
@@ -385,6 +471,15 @@ def markdown(report: dict[str, Any]) -> str:
         for g, s in by_group.items():
             lines.append(f"| {direction.replace('2', ' -> ')} | {g} | {_fmt(s['ssim'])} | "
                          f"{_fmt(s['fsim'])} | {_fmt(s.get('fsimc'))} |")
+    cb, tcb = report["metrics"], report.get("target_checkerboard_db", {})
+    if any("checkerboard_db" in cb[d][ALL] for d in cb):
+        lines += ["", "Checkerboard measure (dB at the upsampling grid's frequencies over their "
+                  "neighbours, on the model's pixel grid; about 0 = no dot pattern):", "",
+                  "| direction | ours | target (artist's sketch / real photo) |",
+                  "| --- | ---: | ---: |"]
+        for d in cb:
+            lines.append(f"| {d.replace('2', ' -> ')} | {_fmt(cb[d][ALL].get('checkerboard_db'), 2)} | "
+                         f"{_fmt(tcb.get(d, {}).get(ALL, {}).get('checkerboard_db'), 2)} |")
     lines += ["", "Domain detector on the same images:", "",
               "| subset | photos right | sketches right | overall |", "| --- | ---: | ---: | ---: |"]
     for g, d in report["detector"].items():

@@ -17,6 +17,8 @@ F = max(1, round(min(rows, cols) / 256)), so at CUFS's 200x250 F = 1.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import fft as sp_fft
 from scipy import ndimage
@@ -181,32 +183,46 @@ def _gradient_magnitude(y: np.ndarray) -> np.ndarray:
     return np.sqrt(ix ** 2 + iy ** 2)
 
 
-def _fsim(a: np.ndarray, b: np.ndarray, chromatic: bool) -> tuple[float, float | None]:
-    """(FSIM, FSIMc or None) sharing one pair of phase-congruency maps."""
-    x = np.asarray(a, dtype=np.float64)
-    y = np.asarray(b, dtype=np.float64)
-    if x.shape != y.shape:
-        raise ValueError(f"FSIM needs images of the same size, got {x.shape} and {y.shape}")
+@dataclass
+class FsimFeatures:
+    """What FSIM needs of one image, computed once and reusable against any partner:
+    the (downsampled) luma's phase congruency and gradient magnitude, and for colour
+    images the I and Q chroma of YIQ. Build with ``fsim_features``."""
+
+    shape: tuple[int, ...]
+    pc: np.ndarray
+    grad: np.ndarray
+    i: np.ndarray | None = None
+    q: np.ndarray | None = None
+
+
+def _check_fsim_input(x: np.ndarray) -> np.ndarray:
     if x.ndim == 3 and x.shape[2] == 1:
-        x, y = x[:, :, 0], y[:, :, 0]
+        x = x[:, :, 0]
+    if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[2] != 3):
+        raise ValueError(f"FSIM needs HxW or HxWx3 images, got shape {x.shape}")
+    if min(x.shape[:2]) < 8:
+        raise ValueError(f"FSIM needs images of at least 8x8, got {x.shape[1]}x{x.shape[0]}")
+    return x
+
+
+def fsim_features(img: np.ndarray) -> FsimFeatures:
+    """FSIM features of an HxW (luma) or HxWx3 (RGB, luma = Y of YIQ) image, 0..255."""
+    x = _check_fsim_input(np.asarray(img, dtype=np.float64))
+    f = max(1, round(min(x.shape[:2]) / 256))
     colour = x.ndim == 3
-    if colour and x.shape[2] != 3:
-        raise ValueError(f"FSIM needs HxW or HxWx3 images, got shape {x.shape}")
-    if x.ndim not in (2, 3):
-        raise ValueError(f"FSIM needs HxW or HxWx3 images, got shape {x.shape}")
-    if chromatic and not colour:
-        raise ValueError("FSIMc needs colour (HxWx3) images; use fsim for grayscale")
-    rows, cols = x.shape[:2]
-    if min(rows, cols) < 8:
-        raise ValueError(f"FSIM needs images of at least 8x8, got {cols}x{rows}")
-    f = max(1, round(min(rows, cols) / 256))
+    y = _downsample(x @ _YIQ[0] if colour else x, f)
+    feats = FsimFeatures(x.shape, phase_congruency(y), _gradient_magnitude(y))
     if colour:
-        yx, yy = x @ _YIQ[0], y @ _YIQ[0]
-    else:
-        yx, yy = x, y
-    yx, yy = _downsample(yx, f), _downsample(yy, f)
-    pc1, pc2 = phase_congruency(yx), phase_congruency(yy)
-    g1, g2 = _gradient_magnitude(yx), _gradient_magnitude(yy)
+        feats.i, feats.q = _downsample(x @ _YIQ[1], f), _downsample(x @ _YIQ[2], f)
+    return feats
+
+
+def fsim_from(a: FsimFeatures, b: FsimFeatures, chromatic: bool = False) -> tuple[float, float | None]:
+    """(FSIM, FSIMc or None) of two images' features (FeatureSIM.m's two outputs)."""
+    if a.shape != b.shape:
+        raise ValueError(f"FSIM needs images of the same size, got {a.shape} and {b.shape}")
+    pc1, pc2, g1, g2 = a.pc, b.pc, a.grad, b.grad
     pc_sim = (2 * pc1 * pc2 + _T1) / (pc1 ** 2 + pc2 ** 2 + _T1)
     g_sim = (2 * g1 * g2 + _T2) / (g1 ** 2 + g2 ** 2 + _T2)
     pcm = np.maximum(pc1, pc2)
@@ -214,13 +230,23 @@ def _fsim(a: np.ndarray, b: np.ndarray, chromatic: bool) -> tuple[float, float |
     gray_score = float(sim.sum() / pcm.sum())
     if not chromatic:
         return gray_score, None
-    i1, i2 = _downsample(x @ _YIQ[1], f), _downsample(y @ _YIQ[1], f)
-    q1, q2 = _downsample(x @ _YIQ[2], f), _downsample(y @ _YIQ[2], f)
-    s_i = (2 * i1 * i2 + _T3) / (i1 ** 2 + i2 ** 2 + _T3)
-    s_q = (2 * q1 * q2 + _T4) / (q1 ** 2 + q2 ** 2 + _T4)
+    if a.i is None or b.i is None:
+        raise ValueError("FSIMc needs colour (HxWx3) images; use fsim for grayscale")
+    s_i = (2 * a.i * b.i + _T3) / (a.i ** 2 + b.i ** 2 + _T3)
+    s_q = (2 * a.q * b.q + _T4) / (a.q ** 2 + b.q ** 2 + _T4)
     # MATLAB: real((S_I .* S_Q) .^ lambda): a negative product has a complex power
     sim = sim * np.real(np.power((s_i * s_q).astype(np.complex128), _LAMBDA))
     return gray_score, float(sim.sum() / pcm.sum())
+
+
+def _fsim(a: np.ndarray, b: np.ndarray, chromatic: bool) -> tuple[float, float | None]:
+    """(FSIM, FSIMc or None) sharing one pair of phase-congruency maps."""
+    x, y = np.asarray(a), np.asarray(b)
+    if x.shape != y.shape:
+        raise ValueError(f"FSIM needs images of the same size, got {x.shape} and {y.shape}")
+    if chromatic and _check_fsim_input(x).ndim != 3:
+        raise ValueError("FSIMc needs colour (HxWx3) images; use fsim for grayscale")
+    return fsim_from(fsim_features(x), fsim_features(y), chromatic)
 
 
 def fsim(a: np.ndarray, b: np.ndarray) -> float:
@@ -242,3 +268,35 @@ def fsim_and_fsimc(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """(FSIM, FSIMc) of two RGB images at the cost of one (shared phase congruency)."""
     g, c = _fsim(a, b, chromatic=True)
     return g, c  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------ checkerboard
+def checkerboard_db(img: np.ndarray, periods: tuple[int, ...] = (2, 4)) -> float:
+    """Spectral energy at an upsampling grid's frequencies against their neighbours, in dB.
+
+    The dot pattern of stride-2 transposed convolutions (Odena et al., 2016) repeats
+    every 2 output pixels (the last 2x upsampling) and every 4 (the one before), so
+    its power sits at H/p and W/p cycles along each axis and on the diagonal. For
+    each period p and each of those three frequencies: the mean power of the 3x3
+    bins there over the mean power of the ring 3..6 bins away (Chebyshev distance),
+    on the Hann-windowed luma; the result is the mean of those ratios in dB. A
+    smooth or noise-like spectrum scores about 0 dB, a visible dot pattern 10 dB or
+    more. Measure outputs on the model's own pixel grid (before any resize) and
+    compare with targets brought to that grid.
+    """
+    g = to_gray(img)
+    h, w = g.shape
+    if min(h, w) < 16:
+        raise ValueError(f"checkerboard measure needs at least 16x16 pixels, got {w}x{h}")
+    win = np.outer(np.hanning(h), np.hanning(w))
+    power = np.abs(sp_fft.fft2((g - g.mean()) * win)) ** 2
+    d = np.arange(-6, 7)
+    dy, dx = np.meshgrid(d, d, indexing="ij")
+    cheb = np.maximum(np.abs(dy), np.abs(dx))
+    core, ring = cheb <= 1, (cheb >= 3) & (cheb <= 6)
+    ratios = []
+    for p in periods:
+        for fy, fx in ((h / p, 0.0), (0.0, w / p), (h / p, w / p)):
+            patch = power[np.ix_((int(round(fy)) + d) % h, (int(round(fx)) + d) % w)]
+            ratios.append((patch[core].mean() + 1e-12) / (patch[ring].mean() + 1e-12))
+    return float(np.mean(10 * np.log10(ratios)))

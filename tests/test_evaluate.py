@@ -50,13 +50,18 @@ def test_cli_evaluate_on_cufs_writes_report_table_and_grid(tiny_checkpoint, cufs
     p2s = report["metrics"]["photo2sketch"]["all"]
     assert p2s["ssim"] < report["input_vs_target"]["photo2sketch"]["all"]["ssim"]
     assert [r["name"] for r in report["per_image"]] == ["1.jpg", "2.jpg", "3.jpg"]
-    assert report["per_image"][0]["sketch2photo"].keys() == {"ssim", "fsim", "fsimc", "psnr"}
+    assert report["per_image"][0]["sketch2photo"].keys() == {"ssim", "fsim", "fsimc", "psnr",
+                                                               "checkerboard_db"}
+    for direction in E.METRIC_KEYS:  # ours and the target's, on the model's grid
+        assert np.isfinite(report["metrics"][direction]["all"]["checkerboard_db"])
+        assert -10 < report["target_checkerboard_db"][direction]["all"]["checkerboard_db"] < 5
     det = report["detector"]["all"]
     assert det["n_photos"] == det["n_sketches"] == 3 and 0 <= det["accuracy"] <= 1
     assert det["photo_accuracy"] == det["sketch_accuracy"] == 1.0     # real CUFS faces
     assert report["model"]["detector"] == "built-in"
     table = md.read_text()
     assert "0.7343" in table and "0.7652" in table and "CUHK_student" in table
+    assert "Checkerboard measure" in table
     assert "| photo -> sketch | all | 3 |" in table and "| sketch -> photo | CUHK_student | 3 |" in table
     assert table in printed
     img = Image.open(grid)

@@ -179,3 +179,47 @@ def test_fsim_downsampling_matches_piq_for_f2():
     b = noisy(a, 15)
     ref = ref_fsim(a, b, chromatic=False)
     assert fsim(a, b) == pytest.approx(ref, abs=1e-4)
+
+
+# ----------------------------------------------------------------- checkerboard measure
+def _smooth(h: int = 96, w: int = 80) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    return 128 + 60 * np.sin(xx / 11.0) * np.cos(yy / 17.0) + 0.02 * (xx - w / 2) * (yy - h / 2) / 4
+
+
+def test_checkerboard_is_high_on_a_dot_pattern_and_low_on_smooth_images():
+    from facesketch.metrics import checkerboard_db
+    smooth = _smooth()
+    yy, xx = np.mgrid[0:smooth.shape[0], 0:smooth.shape[1]]
+    dots2 = smooth + 20 * ((yy % 2 == 0) & (xx % 2 == 0))
+    dots4 = smooth + 20 * ((yy % 4 == 0) & (xx % 4 == 0))
+    noisy = smooth + np.random.default_rng(0).normal(0, 8, smooth.shape)
+    assert checkerboard_db(smooth) < 3 and checkerboard_db(noisy) < 3
+    assert checkerboard_db(dots2) > 10 and checkerboard_db(dots4) > 10
+    assert checkerboard_db(np.dstack([dots2] * 3).astype(np.uint8)) > 10   # RGB works the same
+    with pytest.raises(ValueError, match="16x16"):
+        checkerboard_db(np.zeros((8, 40)))
+
+
+def test_checkerboard_tells_transposed_convolution_from_resize_convolution():
+    """The motivation of the "resize" arch (Odena et al.'s demonstration): with the same
+    uniform 3x3 kernel, a stride-2 ConvTranspose overlaps unevenly (output pixels get 1, 2
+    or 4 contributions) and prints a dot pattern on a smooth input; a resize + the
+    3x3 conv (bilinear, as the "resize" arch) does not."""
+    torch = pytest.importorskip("torch")
+    from facesketch.metrics import checkerboard_db
+    torch.manual_seed(0)
+    # a smooth picture with some fine texture, as real images have (a perfectly smooth one
+    # makes any faint periodic residue stand out against an empty spectrum)
+    img = _smooth(48, 40) + np.random.default_rng(1).normal(0, 3, (48, 40))
+    x = torch.from_numpy(img).float()[None, None] / 255.0
+    tconv = torch.nn.ConvTranspose2d(1, 1, 3, stride=2, padding=1, output_padding=1)
+    rconv = torch.nn.Sequential(torch.nn.Upsample(scale_factor=2, mode="bilinear"),
+                                torch.nn.ReflectionPad2d(1), torch.nn.Conv2d(1, 1, 3))
+    with torch.no_grad():
+        for m in (tconv, rconv[2]):
+            m.weight.fill_(1.0)
+            m.bias.zero_()
+        a, b = tconv(x)[0, 0].numpy(), rconv(x)[0, 0].numpy()
+    scale = lambda y: 255 * (y - y.min()) / (y.max() - y.min())  # noqa: E731
+    assert checkerboard_db(scale(a)) > 10 > 3 > checkerboard_db(scale(b))
