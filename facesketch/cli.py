@@ -33,7 +33,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     from training.trainer import train
     keys = ("out", "data", "photos", "sketches", "size", "blocks", "epochs", "batch_size",
             "max_images", "holdout", "device", "precision", "compile", "seed", "resume",
-            "max_steps", "lr", "log_every", "ngf", "ndf", "compile_mode")
+            "max_steps", "lr", "log_every", "ngf", "ndf", "compile_mode", "arch", "pairs",
+            "lambda_pair", "lambda_identity", "cycle_noise")
     cfg = TrainConfig(**{k: getattr(a, k) for k in keys if getattr(a, k) is not None},
                       progress=not a.no_progress)
     out = train(cfg)
@@ -52,7 +53,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from webui.config import WebConfig
     from webui.serve import default_model, serve
     model = a.model or str(default_model())
-    cfg = WebConfig(model=model, backend=a.backend, server=a.server or "")
+    cfg = WebConfig(model=model, backend=a.backend, server=a.server or "",
+                    allow_partial=a.allow_partial)
     cfg.validate()
     return serve(cfg, host=a.host, port=a.port, threads=a.threads, share=a.share)
 
@@ -105,7 +107,8 @@ def cmd_translate(a: argparse.Namespace) -> int:
     if not inputs:
         raise FileNotFoundError(f"no images ({' '.join(IMAGE_SUFFIXES)}) in {' '.join(a.inputs)}")
     model = Path(a.model) if a.model else _default_model(allow_checkpoint=True)
-    t = Translator.load(model, backend=a.backend, device=a.device, server=a.server)
+    t = Translator.load(model, backend=a.backend, device=a.device, server=a.server,
+                        allow_partial=a.allow_partial)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
@@ -167,6 +170,17 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     p.add_argument("--size", type=int, help="image size (default 128)")
     p.add_argument("--blocks", type=int, help="residual blocks in each generator (default 3)")
+    p.add_argument("--arch", choices=("resize", "reference"),
+                   help="generator upsampling: resize (resize + conv, no checkerboard; default) or "
+                        "reference (ConvTranspose, as the reference CycleGAN)")
+    p.add_argument("--pairs", choices=("auto", "off"),
+                   help="auto (default): pair photos and sketches by file name and add a paired L1 "
+                        "loss for those; off: unpaired CycleGAN")
+    p.add_argument("--lambda-pair", type=float, help="weight of the paired L1 loss (default 10)")
+    p.add_argument("--lambda-identity", type=float,
+                   help="identity loss weight, times the cycle weight (default 0.5; 0 = off)")
+    p.add_argument("--cycle-noise", type=float,
+                   help="std of noise added to translations before reconstruction (default 0)")
     p.add_argument("--epochs", type=int, help="epochs: constant LR for half, then linear decay")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-images", type=int, help="use at most N images per domain")
@@ -211,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "else the packaged model")
     sv.add_argument("--backend", default="auto", help="runtime backend (default: auto, the fastest measured)")
     sv.add_argument("--server", help="Triton Inference Server HOST:PORT (HTTP) for --backend triton")
+    sv.add_argument("--allow-partial", action="store_true",
+                    help="when a bundle file fails its sha256 check, run the intact engines "
+                         "(with a warning) instead of stopping with an error")
     sv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     sv.add_argument("--port", type=int, default=5000, help="port (default 5000; 0 = any free port)")
     sv.add_argument("--threads", type=int, default=8, help="waitress worker threads (default 8)")
@@ -242,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto (fastest measured here, cached), a backend name or a format name")
     tr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     tr.add_argument("--server", help="Triton Inference Server HOST:PORT (HTTP) for --backend triton")
+    tr.add_argument("--allow-partial", action="store_true",
+                    help="when a bundle file fails its sha256 check, run the intact engines "
+                         "(with a warning) instead of stopping with an error")
     tr.add_argument("--out", default="translated", help="output folder (default ./translated)")
     tr.set_defaults(func=cmd_translate)
 

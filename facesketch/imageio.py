@@ -9,6 +9,8 @@ replication; ``unfit`` crops the padding away again and restores the size.
 from __future__ import annotations
 
 import io
+import logging
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -21,42 +23,99 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # Decompression-bomb guard: PIL warns above MAX_IMAGE_PIXELS and raises at 2x.
 # We raise above our own limit so no caller ever decodes a bomb.
 DEFAULT_MAX_PIXELS = 40_000_000
+# Long side over short side: a face picture is never a 1:20 strip; a thin strip of
+# millions of pixels only costs work (every stage scales with the long side).
+DEFAULT_MAX_ASPECT = 20.0
+
+log = logging.getLogger("facesketch.imageio")
 
 
 class ImageError(ValueError):
     """An input could not be decoded into an image."""
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL image -> RGB, EXIF orientation applied, alpha composited on white."""
-    img = ImageOps.exif_transpose(img)
+def _exif_transpose(img: Image.Image, label: str) -> Image.Image:
+    """EXIF orientation applied; a damaged EXIF block is ignored (the pixels are fine)."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as exc:  # noqa: BLE001 - any parser error in untrusted metadata
+        log.warning("%s: ignoring its damaged EXIF orientation (%s: %s)", label,
+                    type(exc).__name__, exc)
+        return img
+
+
+def _reduce(img: Image.Image, max_side: int | None) -> Image.Image:
+    """Shrink so the long side is at most ``max_side`` (box filter, integer steps first)."""
+    if not max_side or max(img.size) <= max_side:
+        return img
+    w, h = img.size
+    k = max(img.size) // max_side
+    if k >= 2 and img.mode in ("L", "RGB", "RGBA", "LA", "I", "F", "CMYK"):
+        img = img.reduce(k)
+    if max(img.size) > max_side:
+        s = max_side / max(img.size)
+        img = img.resize((max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s))),
+                         Image.BOX)
+    return img
+
+
+def _wide_to_u8(img: Image.Image, max_side: int | None) -> Image.Image:
+    """16/32-bit integer and float images -> L, stretched to 0..255, without float64 copies
+    (and subsampled first when ``max_side`` asks for a smaller image)."""
+    arr = np.asarray(img)
+    if max_side and max(arr.shape[:2]) > max_side:
+        k = math.ceil(max(arr.shape[:2]) / max_side)
+        arr = arr[::k, ::k]
+    lo = float(arr.min()) if img.mode == "F" else min(0.0, float(arr.min()))
+    hi = float(arr.max())
+    scale = np.float32(255.0 / max(hi - lo, 1e-12 if img.mode == "F" else 1.0))
+    out = np.empty(arr.shape, np.uint8)
+    np.multiply(np.subtract(arr, lo, dtype=np.float32), scale, out=out, casting="unsafe")
+    return Image.fromarray(out, "L")
+
+
+def to_rgb(img: Image.Image, max_side: int | None = None, label: str = "image") -> Image.Image:
+    """Any PIL image -> RGB, EXIF orientation applied, alpha composited on white;
+    with ``max_side``, no larger than that on its long side."""
+    img = _exif_transpose(img, label)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return _reduce(_wide_to_u8(img, max_side), max_side).convert("RGB")
+    img = _reduce(img, max_side)
     if img.mode == "RGB":
         return img
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, rgba).convert("RGB")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = max(float(arr.max()), 1.0)
-        return Image.fromarray((arr * (255.0 / hi)).astype(np.uint8), "L").convert("RGB")
-    if img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / max(hi - lo, 1e-12) * 255.0
-        return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
     return img.convert("RGB")
 
 
+def check_geometry(w: int, h: int, label: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   max_aspect: float = DEFAULT_MAX_ASPECT) -> None:
+    """Refuse (ImageError) sizes no face picture has: empty, too many pixels, a thin strip."""
+    if w <= 0 or h <= 0:
+        raise ImageError(f"{label}: image has no pixels")
+    if w * h > max_pixels:
+        raise ImageError(f"{label}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,}")
+    if max(w, h) / min(w, h) > max_aspect:
+        raise ImageError(f"{label}: {w}x{h} is a strip (aspect ratio {max(w, h) / min(w, h):.0f}:1, "
+                         f"the limit is {max_aspect:.0f}:1)")
+
+
 def decode(data: bytes | str | os.PathLike | Image.Image | np.ndarray,
-           max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+           max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None,
+           max_aspect: float = DEFAULT_MAX_ASPECT) -> np.ndarray:
     """Decode bytes, a path, a PIL image or an array to an HxWx3 uint8 RGB array.
 
-    Raises ImageError with a clear message for empty, truncated, unsupported or
-    oversized inputs.
+    Raises ImageError with a clear message for empty, truncated, corrupt,
+    unsupported, oversized or strip-shaped inputs; any failure of a decoder on
+    untrusted bytes becomes an ImageError. ``max_side``: decode no larger than
+    that on the long side (JPEGs are decoded at a reduced scale directly, so a
+    big photo costs a fraction of a full decode). A damaged EXIF block is ignored.
     """
     if isinstance(data, np.ndarray):
         return array_to_rgb(data)
+    label = "image"
     if isinstance(data, Image.Image):
         img = data
     else:
@@ -71,27 +130,37 @@ def decode(data: bytes | str | os.PathLike | Image.Image | np.ndarray,
             if os.path.getsize(src) == 0:
                 raise ImageError(f"{label}: the file is empty")
         try:
-            img = Image.open(src)  # type: ignore[arg-type]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(src)  # type: ignore[arg-type]
         except UnidentifiedImageError as exc:
             raise ImageError(f"{label}: not an image in a format we can read "
                              f"({', '.join(s[1:] for s in IMAGE_SUFFIXES)})") from exc
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"{label}: too many pixels to decode ({exc})") from exc
+        except Exception as exc:  # noqa: BLE001 - a header PIL recognised but cannot parse
+            raise ImageError(f"{label}: corrupt image header ({type(exc).__name__}: {exc})") from exc
         w, h = img.size
-        if w * h > max_pixels:
-            raise ImageError(f"{label}: {w}x{h} is {w * h:,} pixels, over the limit of "
-                             f"{max_pixels:,}")
-        if w == 0 or h == 0:
-            raise ImageError(f"{label}: image has no pixels")
+        check_geometry(w, h, label, max_pixels, max_aspect)
+        if max_side and img.format == "JPEG" and max(w, h) > max_side:
+            s = max_side / max(w, h)
+            img.draft("RGB", (math.ceil(w * s), math.ceil(h * s)))  # DCT scaling: 1/2 .. 1/8
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 img.load()
-        except (OSError, SyntaxError, Image.DecompressionBombWarning,
-                Image.DecompressionBombError) as exc:
-            raise ImageError(f"{label}: truncated or corrupt image ({exc})") from exc
+        except Exception as exc:  # noqa: BLE001 - decoders raise many types on bad bytes
+            raise ImageError(f"{label}: truncated or corrupt image ({type(exc).__name__}: {exc})") from exc
     w, h = img.size
-    if w * h > max_pixels:
-        raise ImageError(f"{w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,}")
-    return np.asarray(to_rgb(img), dtype=np.uint8).copy()
+    check_geometry(w, h, label, max_pixels, max_aspect)
+    try:
+        rgb = to_rgb(img, max_side, label)
+        return np.asarray(rgb, dtype=np.uint8).copy()
+    except ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - conversion of a damaged image
+        raise ImageError(f"{label}: the image could not be converted to RGB "
+                         f"({type(exc).__name__}: {exc})") from exc
 
 
 def array_to_rgb(arr: np.ndarray) -> np.ndarray:
@@ -136,6 +205,11 @@ def fit_square(rgb: np.ndarray, size: int) -> tuple[np.ndarray, Fit]:
     top, left = (size - ih) // 2, (size - iw) // 2
     out = np.pad(resized, ((top, size - ih - top), (left, size - iw - left), (0, 0)), mode="edge")
     return out, Fit(h, w, size, top, left, ih, iw)
+
+
+def inner(square: np.ndarray, fit: Fit) -> np.ndarray:
+    """The part of a ``fit_square`` canvas that holds the image (padding cropped)."""
+    return square[fit.top:fit.top + fit.inner_h, fit.left:fit.left + fit.inner_w]
 
 
 def unfit(square: np.ndarray, fit: Fit) -> np.ndarray:

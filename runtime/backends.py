@@ -329,7 +329,7 @@ class TorchBackend(Backend):
 
     def _load(self):
         import torch
-        from training.networks import build_generator
+        from training.networks import generator_from_arch
         if threads() and self.spec.device == "cpu":
             torch.set_num_threads(threads())  # process-wide: torch has one intra-op pool
         if self.spec.device == "cuda" and not torch.cuda.is_available():
@@ -348,7 +348,7 @@ class TorchBackend(Backend):
             arch = json.loads(meta["arch"]) if "arch" in meta else self._arch
             if not arch:
                 raise BundleError(f"{path}: no architecture (arch) in its metadata or manifest entry")
-            net = build_generator(int(arch["blocks"]), int(arch["ngf"]))
+            net = generator_from_arch(arch)
             net.load_state_dict(load_file(str(path)), strict=True)
         import copy
         net = copy.deepcopy(net) if self.spec.device == "cuda" else net

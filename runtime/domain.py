@@ -48,6 +48,7 @@ from facesketch.imageio import ImageError, decode
 
 DOMAINS = ("photo", "sketch")
 WORK_SIZE = 96           # the short side the features are measured at
+MAX_LONG_SIDE = 1024     # images with a longer side are reduced before any feature work
 PARAMS_VERSION = 1
 FLAT = 0.03             # gray-level span (0..1) below which an image is called blank
 FEW_IMAGES = 200         # below this many training images a refit leans on DEFAULT_PARAMS
@@ -130,9 +131,16 @@ def _trim_borders(gray: np.ndarray, tol: float = 0.025, max_frac: float = 0.4) -
 
 
 def _prepare(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """-> (gray 0..1, rgb float 0..255) of the trimmed image at the working size."""
-    k = min(rgb.shape[:2]) // (2 * WORK_SIZE)
+    """-> (gray 0..1, rgb float 0..255) of the trimmed image at the working size.
+
+    The work is bounded whatever the image's size or shape: a big image is first
+    shrunk cheaply (integer box reduction), and so is one whose long side exceeds
+    MAX_LONG_SIDE, whatever its short side (a thin strip of millions of pixels)."""
+    h, w = rgb.shape[:2]
+    k = max(min(h, w) // (2 * WORK_SIZE), -(-max(h, w) // MAX_LONG_SIDE))
     if k >= 2:                        # a big image: shrink cheaply before looking at it
+        if min(h, w) // k < 8:
+            raise ImageError(f"a {w}x{h} image is too thin a strip to tell a photo from a sketch")
         rgb = np.asarray(Image.fromarray(rgb).reduce(k))
     g0 = (rgb.astype(np.float32) @ _GRAY) * np.float32(1 / 255)
     t, b, l, r = _trim_borders(g0)

@@ -48,6 +48,9 @@ class Translation:
     confidence: float | None   # detector confidence in [0.5, 1]; None when direction was given
     backend: str
     latency_ms: float          # wall time of the call that produced it (batch: whole batch)
+    # the model's own output on its pixel grid, padding cropped, before the resize to the
+    # input's size (what artefact measures such as metrics.checkerboard_db look at)
+    raw: np.ndarray | None = None
 
 
 # ------------------------------------------------------------------ model sources
@@ -76,6 +79,11 @@ class _BundleSource:
 
     def parity(self, spec: B.BackendSpec, direction: str) -> dict[str, Any]:
         return self.bundle.entry(spec.format, direction).get("parity", {})
+
+    def verify(self, fmt: str) -> None:
+        """Check the sha256 of every file of ``fmt`` (all directions); BundleError if one fails."""
+        for d in self.directions:
+            self.bundle.files_for(self.bundle.entry(fmt, d))
 
     def card(self) -> dict[str, Any]:
         m = self.bundle.manifest
@@ -120,6 +128,9 @@ class _CheckpointSource:
     def parity(self, spec, direction):
         return {"psnr_db": float("inf"), "reference": "is the reference"}
 
+    def verify(self, fmt: str) -> None:
+        """Nothing to check: the checkpoint was verified when it was loaded."""
+
     def card(self) -> dict[str, Any]:
         keys = ("arch", "image_size", "metrics", "train", "data", "weights_sha256")
         return {"source": {k: self.cfg.get(k) for k in keys}}
@@ -141,7 +152,8 @@ class Translator:
     # ---------------------------------------------------------------- loading
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", device: str = "auto", *,
-             server: str | None = None, use_cache: bool = True) -> "Translator":
+             server: str | None = None, use_cache: bool = True,
+             allow_partial: bool = False) -> "Translator":
         """Load a bundle folder (manifest.json) or a checkpoint (needs torch).
 
         backend: "auto" (time the loadable backends, cache the pick), a backend name
@@ -149,6 +161,13 @@ class Translator:
         "triton" runs the engines on a Triton server (``server`` HOST:PORT, or
         $FACESKETCH_TRITON_URL; runtime/triton.py). device: "auto", "cpu" or "cuda"
         (restricts the candidates).
+
+        With "auto" or a format name, the files (both directions) of every candidate
+        engine are checked against their sha256 first. One that fails raises
+        BundleError naming the file -- a damaged bundle is never hidden by quietly
+        running another engine -- unless ``allow_partial=True``: then the intact
+        engines are the candidates and a warning names the ones left out. (A backend
+        named explicitly loads just its own files, checked as they are first used.)
         """
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
@@ -190,6 +209,8 @@ class Translator:
                              f"({', '.join(B.BACKENDS)}) or a format ({', '.join(FORMATS)})")
 
         candidates, skipped = {}, {}
+        damaged: dict[str, BundleError] = {}     # format -> its integrity error
+        checked: set[str] = set()
         for fmt in formats:
             for spec in B.for_format(fmt, device, auto_only=True):
                 ok, why = spec.available()
@@ -200,7 +221,25 @@ class Translator:
                 if parity and parity.get("passed") is False:
                     skipped[spec.name] = f"parity failed at export ({parity.get('psnr_db')} dB)"
                     continue
+                if fmt not in checked:
+                    checked.add(fmt)
+                    try:
+                        source.verify(fmt)
+                    except BundleError as exc:
+                        damaged[fmt] = exc
+                if fmt in damaged:
+                    skipped[spec.name] = f"damaged bundle file: {damaged[fmt]}"
+                    continue
                 candidates[spec.name] = (lambda s=spec: source.create(s, probe_dir).load())
+        if damaged:
+            errors = "; ".join(str(e) for e in damaged.values())
+            intact = ", ".join(candidates) or "none"
+            if not allow_partial:
+                raise BundleError(
+                    f"{errors}. Not falling back to another engine; to run the intact ones "
+                    f"({intact}) anyway, pass allow_partial=True (--allow-partial)")
+            log.warning("allow_partial: leaving out the %s engine(s) (%s); running the intact "
+                        "ones: %s", ", ".join(damaged), errors, intact)
         if not candidates:
             raise RuntimeError(f"no backend can run {p} here (device {device}): "
                                + "; ".join(f"{n}: {w}" for n, w in skipped.items()))
@@ -289,11 +328,17 @@ class Translator:
         return np.concatenate(outs) if len(outs) > 1 else outs[0]
 
     # ---------------------------------------------------------------- translate
+    def detect(self, image: Any) -> tuple[str, float]:
+        """(domain, confidence) of an image by the photo/sketch detector with this model's
+        own fitted parameters: the answer direction="auto" acts on, for every caller."""
+        from .domain import detect_domain
+        domain, conf = detect_domain(imageio.decode(image), self._source.detector)
+        return domain, float(conf)
+
     def _resolve(self, rgb: np.ndarray, direction: str) -> tuple[str, str, float | None]:
         if direction == "auto":
-            from .domain import detect_domain
-            domain, conf = detect_domain(rgb, self._source.detector)
-            return DOMAIN_DIRECTION[domain], domain, float(conf)
+            domain, conf = self.detect(rgb)
+            return DOMAIN_DIRECTION[domain], domain, conf
         if direction not in DIRECTIONS:
             raise ValueError(f"unknown direction {direction!r}; use auto, " + " or ".join(DIRECTIONS))
         return direction, SOURCE_DOMAIN[direction], None
@@ -325,7 +370,7 @@ class Translator:
                 raise imageio.ImageError(f"image {i}: {exc}" if len(images) > 1 else str(exc)) from exc
         resolved = [self._resolve(rgb, d) for rgb, d in zip(rgbs, dirs)]
         fitted = [imageio.fit_square(rgb, self.image_size) for rgb in rgbs]
-        out: list[np.ndarray | None] = [None] * len(images)
+        out: list[Any] = [None] * len(images)
         for d in DIRECTIONS:
             idx = [i for i, r in enumerate(resolved) if r[0] == d]
             if not idx:
@@ -333,10 +378,11 @@ class Translator:
             x = self._normalize(np.stack([fitted[i][0] for i in idx]))
             y = self._denormalize(self.run(d, x))
             for k, i in enumerate(idx):
-                out[i] = imageio.unfit(y[k], fitted[i][1])
+                out[i] = (imageio.unfit(y[k], fitted[i][1]), imageio.inner(y[k], fitted[i][1]))
         ms = (time.perf_counter() - t0) * 1000.0
-        return [Translation(image=out[i], direction=r[0], domain=r[1], confidence=r[2],
-                            backend=self.backend, latency_ms=ms) for i, r in enumerate(resolved)]
+        return [Translation(image=out[i][0], direction=r[0], domain=r[1], confidence=r[2],
+                            backend=self.backend, latency_ms=ms, raw=out[i][1])
+                for i, r in enumerate(resolved)]
 
     def close(self) -> None:
         for s in self._sessions.values():

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -120,6 +122,124 @@ def test_manifest_paths_must_stay_inside_the_bundle(tiny_bundle, tmp_path):
         Translator.load(b)
     with pytest.raises(FileNotFoundError, match="facesketch export"):
         Translator.load(tmp_path / "nothing-here")
+
+
+def _set(m: dict, dotted: str, value) -> None:
+    """m["a"]["b"][0]["c"] = value for "a.b.0.c"; value DELETE removes the key."""
+    *parents, last = dotted.split(".")
+    for k in parents:
+        m = m[int(k)] if isinstance(m, list) else m[k]
+    if value is DELETE:
+        del m[last]
+    else:
+        m[int(last) if isinstance(m, list) else last] = value
+
+
+DELETE = object()
+BAD_MANIFESTS = [   # (change, the field the error must name, its words)
+    ("files", 5, "files: must be a non-empty list"),
+    ("files", [], "files: must be a non-empty list"),
+    ("directions", [], "directions: must be a non-empty list"),
+    ("directions", ["photo2cartoon"], "directions: must be a non-empty list"),
+    ("normalization", None, "normalization: must be an object"),
+    ("normalization.std", [0.5, 0.0, 0.5], "normalization.std: must be 3 numbers > 0"),
+    ("normalization.mean", [0.5, 0.5], "normalization.mean: must be a list of 3"),
+    ("image_size", 100000, "image_size: must be an integer in 16..4096, got 100000"),
+    ("image_size", "128", "image_size: must be an integer in 16..4096"),
+    ("image_size", True, "image_size: must be an integer"),
+    ("image_size", DELETE, "image_size: missing"),
+    ("build.max_batch", 0, "build.max_batch: must be an integer in 1..1024"),
+    ("build.max_batch", 10**6, "build.max_batch: must be an integer in 1..1024"),
+    ("build", "fast", "build: must be an object"),
+    ("version", "1", "version: must be an integer"),
+    ("detector", [1, 2], "detector: must be an object or null"),
+    ("source.arch", 3, "source.arch: must be an object or null"),
+    ("files.0", "photo2sketch.onnx", "files[0]: must be an object"),
+    ("files.0.sha256", "abc", "files[0].sha256: must be 64 lowercase hex digits"),
+    ("files.0.path", DELETE, "files[0].path: missing"),
+    ("files.0.path", 7, "files[0].path: must be a relative path"),
+    ("files.0.direction", "up", "files[0].direction: must be photo2sketch or sketch2photo"),
+    ("files.0.max_batch", 100000, "files[0].max_batch: must be an integer in 1..1024"),
+    ("files.0.companions", 5, "files[0].companions: must be a list"),
+    ("files.0.companions", [{"path": "x.bin"}], "files[0].companions[0].sha256: missing"),
+    ("files.0.info", [], "files[0].info: must be an object"),
+]
+
+
+@pytest.mark.parametrize("field,value,message", BAD_MANIFESTS,
+                         ids=[f"{f}={'DELETE' if v is DELETE else json.dumps(v)[:20]}"
+                              for f, v, _ in BAD_MANIFESTS])
+def test_bad_manifest_is_a_bundle_error_naming_the_field(tiny_bundle, tmp_path, field, value, message):
+    from runtime import BundleError, Translator
+    from runtime.bundle import Bundle, ManifestError
+    m = json.loads((tiny_bundle / "manifest.json").read_text())
+    _set(m, field, value)
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ManifestError) as err:
+        Bundle.load(b)
+    assert message in str(err.value)
+    assert len(err.value.problems) == 1, err.value.problems
+    with pytest.raises(BundleError, match=re.escape(message)):
+        Translator.load(b)
+
+
+def test_every_manifest_problem_is_listed_in_one_error(tiny_bundle, tmp_path):
+    from runtime.bundle import Bundle, ManifestError, manifest_problems
+    m = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert manifest_problems(m) == []          # what `facesketch export` writes is valid
+    m.update(image_size=100000, directions=[], normalization=None)
+    m["files"][1]["sha256"] = None
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ManifestError) as err:
+        Bundle.load(b)
+    fields = [p.split(":")[0] for p in err.value.problems]
+    assert fields == ["image_size", "normalization", "directions", "files[1].sha256"]
+    assert "4 problems" in str(err.value)
+    assert all(f"  - {p}" in str(err.value) for p in err.value.problems)
+
+
+def test_damaged_engine_is_an_error_not_a_fallback(tiny_bundle, tmp_path, cache, caplog):
+    """A candidate engine failing its sha256 (here the direction loaded second) stops
+    the load, naming the file; allow_partial=True serves the intact engines instead."""
+    from runtime import BundleError, Translator
+    b = _subset(tiny_bundle, tmp_path / "b", {"onnx", "onnx-int8"})
+    data = bytearray((b / "sketch2photo.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (b / "sketch2photo.onnx").write_bytes(bytes(data))
+    for backend in ("auto", "onnx"):
+        with pytest.raises(BundleError, match=r"sketch2photo\.onnx failed its integrity check.*"
+                                              r"allow_partial=True \(--allow-partial\)"):
+            Translator.load(b, backend=backend, device="cpu")
+    with caplog.at_level(logging.WARNING, logger="facesketch.runtime"):
+        t = Translator.load(b, device="cpu", allow_partial=True)
+    assert t.backend == "ort-cpu-int8"
+    sel = t.info()["selection"]
+    assert set(sel["measured_ms"]) == {"ort-cpu-int8"}
+    assert "sketch2photo.onnx failed its integrity check" in sel["skipped"]["ort-cpu"]
+    assert any("allow_partial" in r.getMessage() and "sketch2photo.onnx" in r.getMessage()
+               for r in caplog.records), caplog.text
+    assert t.translate(_rgb(40, 30), direction="sketch2photo").image.shape == (40, 30, 3)
+    # nothing intact left: still an error, never a silent success
+    with pytest.raises(RuntimeError, match="no backend can run"):
+        Translator.load(b, backend="onnx", device="cpu", allow_partial=True)
+
+
+def test_cli_translate_allow_partial(tiny_bundle, tmp_path, capsys, cache):
+    from facesketch.cli import main
+    b = _subset(tiny_bundle, tmp_path / "b", {"onnx", "onnx-int8"})
+    (b / "photo2sketch.onnx").write_bytes(b"\0" * 100)
+    img = tmp_path / "in.png"
+    Image.fromarray(_rgb(30, 20)).save(img)
+    args = ["translate", str(img), "--model", str(b), "--direction", "photo2sketch", "--device", "cpu",
+            "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    assert "photo2sketch.onnx failed its integrity check" in capsys.readouterr().err
+    assert main(args + ["--allow-partial"]) == 0
+    assert (tmp_path / "out").is_dir() and any((tmp_path / "out").iterdir())
 
 
 # ----------------------------------------------------------------- backend choice
@@ -289,6 +409,17 @@ def test_flops_match_the_onnx_graph(tiny_bundle):
     for size in (32, 36, 64):
         assert generator_flops(arch, size) == onnx_conv_flops(str(tiny_bundle / "photo2sketch.onnx"), size)
     assert generator_flops({"blocks": 3, "ngf": 64}, 128) == 10_280_239_104
+
+
+def test_flops_of_the_resize_arch_match_its_onnx_graph(tiny_bundles):
+    pytest.importorskip("onnx")
+    from runtime.flops import generator_flops, onnx_conv_flops
+    arch = {"blocks": 1, "ngf": 8, "upsample": "resize"}
+    onnx_file = str(tiny_bundles("resize") / "photo2sketch.onnx")
+    for size in (32, 64):
+        assert generator_flops(arch, size) == onnx_conv_flops(onnx_file, size)
+    # resize-conv's upsampling convs run at the output resolution: 4x the transpose's MACs
+    assert generator_flops(arch, 64) > generator_flops({"blocks": 1, "ngf": 8}, 64)
 
 
 @pytest.mark.slow

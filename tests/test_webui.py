@@ -688,3 +688,70 @@ def test_bundle_is_served_without_torch(tiny_bundle, tmp_path, backend, block_to
     assert "STATUS 200" in res.stdout, res.stdout
     assert "TORCH False" in res.stdout, res.stdout
     assert "torch" not in res.stdout.split("STATUS 200", 1)[1].splitlines()[0]
+
+
+# ----------------------------------------------------------------- a model that cannot load
+def _damaged_bundle(tiny_bundle: Path, dst: Path) -> Path:
+    """A copy of tiny_bundle's ONNX engines, one of them corrupted: nothing loads."""
+    m = json.loads((tiny_bundle / "manifest.json").read_text())
+    m["files"] = [e for e in m["files"] if e["format"] == "onnx"]
+    dst.mkdir(parents=True)
+    for e in m["files"]:
+        (dst / e["path"]).write_bytes((tiny_bundle / e["path"]).read_bytes())
+    (dst / "manifest.json").write_text(json.dumps(m))
+    (dst / "photo2sketch.onnx").write_bytes(b"\0" * 64)
+    return dst
+
+
+def test_failed_model_errors_carry_no_absolute_path(tiny_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("FACESKETCH_CACHE", str(tmp_path / "cache"))
+    bundle = _damaged_bundle(tiny_bundle, tmp_path / "mybundle")
+    app = make_app(bundle)
+    holder = app.extensions["facesketch"]
+    assert holder.wait(120) is False
+    assert str(bundle) in holder.error_detail            # the console/log keep the full path
+    c = app.test_client()
+    r = c.get("/api/health")
+    assert r.status_code == 503 and r.get_json()["code"] == "model_failed"
+    info = c.get("/api/info").get_json()
+    for text in (r.get_data(as_text=True), json.dumps(info)):
+        assert str(tmp_path) not in text
+        assert "mybundle/photo2sketch.onnx failed its integrity check" in text
+    assert "mybundle/photo2sketch.onnx failed its integrity check" in r.get_json()["error"]
+
+
+def test_public_message_strips_absolute_paths():
+    from webui.engine import public_message
+    msg = public_message("BundleError: /srv/m/bundle/x.onnx is bad; cache /home/u/.cache/fs/a.json; "
+                         "see http://127.0.0.1:8000/v2/models and rel/path.onnx", "/srv/m/bundle")
+    assert msg == ("BundleError: bundle/x.onnx is bad; cache a.json; "
+                   "see http://127.0.0.1:8000/v2/models and rel/path.onnx")
+
+
+def test_serve_exits_1_when_no_backend_loads(tiny_bundle, tmp_path, monkeypatch):
+    """The server stops by itself (exit status 1) instead of answering 503 forever."""
+    from webui import WebConfig
+    from webui.serve import serve
+    monkeypatch.setenv("FACESKETCH_CACHE", str(tmp_path / "cache"))
+    bundle = _damaged_bundle(tiny_bundle, tmp_path / "mybundle")
+    said: list[str] = []
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(
+        serve(WebConfig(model=str(bundle)), port=0, threads=2, say=said.append)), daemon=True)
+    t.start()
+    t.join(120)
+    assert not t.is_alive(), f"serve() still running: {said}"
+    assert result == [1], said
+    text = "\n".join(said)
+    assert "model FAILED to load" in text and "photo2sketch.onnx failed its integrity check" in text
+    assert said[-1] == "stopped"
+
+
+@pytest.mark.slow
+def test_serve_command_exits_1_when_no_backend_loads(tiny_bundle, tmp_path):
+    bundle = _damaged_bundle(tiny_bundle, tmp_path / "mybundle")
+    res = subprocess.run([sys.executable, "-m", "facesketch.cli", "serve", "--model", str(bundle),
+                          "--port", "0"], capture_output=True, text=True, timeout=180, cwd=tmp_path,
+                         env=_serve_env(tmp_path, FACESKETCH_CACHE=str(tmp_path / "cache")))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "model FAILED to load" in res.stdout and "stopped" in res.stdout

@@ -13,6 +13,7 @@ imported by the runtime only then).
 from __future__ import annotations
 
 import io
+import threading
 from typing import Any
 
 from flask import Flask, Request, Response, jsonify, request
@@ -54,7 +55,10 @@ def create_app(config: WebConfig | dict[str, Any], start_loading: bool = True) -
     app.config.update(
         FACESKETCH=cfg,
         MAX_CONTENT_LENGTH=cfg.max_upload_bytes,
+        MAX_FORM_MEMORY_SIZE=512 * 1024,  # a non-file field (direction: a few bytes); also
+        # bounds what werkzeug buffers while parsing, so not much lower
     )
+    app.extensions["facesketch_decode_slots"] = threading.BoundedSemaphore(cfg.decode_workers)
     app.json.sort_keys = False
 
     from . import api, pages
@@ -71,8 +75,16 @@ def create_app(config: WebConfig | dict[str, Any], start_loading: bool = True) -
                 allowed = [m for m in (getattr(exc, "valid_methods", None) or []) if m != "OPTIONS"]
                 msg = f"{request.method} is not allowed on {request.path}; use {' or '.join(allowed)}"
             if exc.code == 413:
-                msg = (f"the upload is larger than the limit of {cfg.max_upload_bytes:,} bytes "
-                       f"({cfg.max_upload_bytes / (1 << 20):.1f} MiB)")
+                size = request.content_length
+                if size is not None and size <= cfg.max_upload_bytes:
+                    # the body fits: a non-file form field is over werkzeug's field limit
+                    msg = (f"a form field is larger than the limit of "
+                           f"{app.config['MAX_FORM_MEMORY_SIZE']:,} bytes; send the image as a "
+                           "file part named 'image'")
+                    code = "field_too_large"
+                else:
+                    msg = (f"the upload is larger than the limit of {cfg.max_upload_bytes:,} "
+                           f"bytes ({cfg.max_upload_bytes / (1 << 20):.1f} MiB)")
             resp = jsonify({"error": msg, "code": code, "status": exc.code})
             resp.status_code = exc.code or 500
             if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
@@ -86,8 +98,9 @@ def create_app(config: WebConfig | dict[str, Any], start_loading: bool = True) -
             return _http_error(exc)
         app.logger.exception("unexpected error on %s %s", request.method, request.path)
         if request.path.startswith("/api/"):
-            resp = jsonify({"error": f"internal error: {type(exc).__name__}: {exc}",
-                            "code": "internal_error", "status": 500})
+            # the details stay in the server log: they may name files and paths
+            resp = jsonify({"error": f"internal error ({type(exc).__name__}); the server log "
+                            "has the details", "code": "internal_error", "status": 500})
             resp.status_code = 500
             return resp
         return Response("internal error", status=500, mimetype="text/plain")

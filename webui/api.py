@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -15,7 +16,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from facesketch.imageio import ImageError
 
 from .pngenc import encode_png
-from .engine import ModelHolder, NotReady, QueueFull, Timeout
+from .engine import ModelHolder, NotReady, QueueFull, Timeout, public_message
 from .uploads import UploadError, read_image
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -44,6 +45,19 @@ def _wants_json() -> bool:
     return best == "application/json"
 
 
+def _same_origin_only() -> None:
+    """Refuse cross-site POSTs before any work: a page elsewhere could otherwise make
+    visitors' browsers spend this server's CPU (whatever it can read of the answer)."""
+    origin = request.headers.get("Origin")
+    site = request.headers.get("Sec-Fetch-Site")
+    if site == "cross-site" or (origin and origin != "null" and urlsplit(origin).netloc != request.host):
+        raise UploadError(403, "cross_origin",
+                          "requests from other sites are refused; use this server's own page or "
+                          "a client that sends no Origin header")
+    if origin == "null":
+        raise UploadError(403, "cross_origin", "requests from an opaque origin are refused")
+
+
 @bp.post("/translate")
 def translate() -> Response:
     cfg = current_app.config["FACESKETCH"]
@@ -52,6 +66,7 @@ def translate() -> Response:
         raise NotReady(h.error or f"the model is {h.state}; try again shortly")
     batcher = h.batcher
     assert batcher is not None
+    _same_origin_only()
     t0 = time.perf_counter()
     batcher.announce()
     submitted = False
@@ -65,7 +80,14 @@ def translate() -> Response:
             raise UploadError(400, "no_file",
                               "no image: send the file in the multipart form field 'image'")
         data = upload.read()
-        rgb = read_image(data, cfg.formats, cfg.max_pixels)
+        slots = current_app.extensions["facesketch_decode_slots"]
+        if not slots.acquire(timeout=cfg.decode_wait_s):
+            raise QueueFull(f"{cfg.decode_workers} uploads are being decoded already")
+        try:
+            rgb = read_image(data, cfg.formats, cfg.max_pixels, cfg.max_side, cfg.max_aspect)
+        finally:
+            slots.release()
+        del data
         job = batcher.submit(rgb, direction, announced=True)
         submitted = True
     finally:
@@ -75,9 +97,8 @@ def translate() -> Response:
     domain, confidence = res.domain, res.confidence
     if confidence is None:
         # An explicit direction skips detection in the Translator; the page still
-        # shows what the image looks like (runtime's built-in detector).
-        from runtime.domain import detect_domain
-        domain, confidence = detect_domain(rgb)
+        # shows what the image looks like, by the same detector "auto" uses.
+        domain, confidence = h.translator.detect(rgb)
     png = encode_png(res.image, cfg.png_compress_level)
     fields: dict[str, Any] = {
         "direction": res.direction,
@@ -137,7 +158,19 @@ def info() -> Response:
         out["translator"] = h.translator.info()
         out["backend"] = h.translator.backend
         out["image_size"] = h.translator.image_size
-    return jsonify(out)
+    return jsonify(_scrub(out, cfg.model))
+
+
+def _scrub(value: Any, model: str) -> Any:
+    """Every string of a JSON value without absolute filesystem paths (the page may be
+    public: --share); the model's own folder becomes its name."""
+    if isinstance(value, dict):
+        return {k: _scrub(v, model) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v, model) for v in value]
+    if isinstance(value, str) and ("/" in value or "\\" in value):
+        return public_message(value, model)
+    return value
 
 
 # ------------------------------------------------------------------ errors

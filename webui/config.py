@@ -22,9 +22,22 @@ class WebConfig:
     backend: str = "auto"               # passed to runtime.Translator.load
     server: str = ""                    # Triton server HOST:PORT, with backend "triton"
     device: str = "auto"
+    # A bundle file failing its sha256 stops the load, unless this is set: then the
+    # intact engines are served (runtime.Translator.load(allow_partial=True)).
+    allow_partial: bool = False
     # Uploads: bytes of the whole request, and decoded pixels (decompression bombs).
     max_upload_bytes: int = 10 * MiB
-    max_pixels: int = 24_000_000        # 6000x4000; a 24 MP photo decodes to 72 MB of RGB
+    # 16 MP (4900x3265) is more than any face needs; the limit is checked on the header.
+    max_pixels: int = 16_000_000
+    max_aspect: float = 20.0            # long side / short side; thin strips are refused
+    # Images are decoded no larger than this on their long side (JPEG at a reduced DCT
+    # scale): the model sees at most a few hundred pixels, and results come back at
+    # the decoded size, so work and memory per request are bounded.
+    max_side: int = 2048
+    # Uploads decoded at once (each may hold up to max_side^2 x 3 bytes plus the
+    # decoder's buffers); more wait, up to decode_wait_s, then get a 503.
+    decode_workers: int = 2
+    decode_wait_s: float = 10.0
     # PIL format names accepted; anything else PIL can read is answered 415.
     formats: tuple = ("JPEG", "PNG", "WEBP", "BMP")
     # Micro-batching: up to batch_max_size images per engine call; the first
@@ -53,10 +66,12 @@ class WebConfig:
     def validate(self) -> None:
         check(self)
         positive = ("max_upload_bytes", "max_pixels", "batch_max_size", "queue_size",
-                    "request_timeout_s")
+                    "request_timeout_s", "max_side", "decode_workers", "decode_wait_s")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.max_aspect < 1:
+            raise ConfigError(f"max_aspect must be >= 1, got {self.max_aspect!r}")
         if self.batch_max_wait_ms < 0:
             raise ConfigError(f"batch_max_wait_ms must be >= 0, got {self.batch_max_wait_ms!r}")
         if self.retry_after_s < 1:

@@ -16,11 +16,14 @@ sizes, rejections) are exposed through ``stats()`` and ``/api/info``.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import re
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -216,17 +219,39 @@ class MicroBatcher:
         self._thread.join(timeout)
 
 
+# An absolute path of 2+ parts (POSIX, or Windows with a drive letter); group 1 is its
+# last part. Not inside a URL or a relative path (the lookbehind).
+_ABS_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"]+/)+([^\s/'\"]+)"
+                       r"|\b[A-Za-z]:\\(?:[^\s\\'\"]+\\)*([^\s\\'\"]+)")
+
+
+def public_message(text: str, model: str | os.PathLike) -> str:
+    """``text`` without absolute filesystem paths, for /api/health and /api/info (the
+    page may be public, --share): the model folder's path becomes its folder name
+    (``/srv/m/bundle/x.onnx`` -> ``bundle/x.onnx``), any other absolute path its
+    last part."""
+    p = Path(model)
+    name = p.resolve().name or p.name
+    for prefix in sorted({str(p.resolve()), str(p.absolute()), os.path.abspath(p)},
+                         key=len, reverse=True):
+        if os.path.isabs(prefix) and len(prefix) > 1:
+            text = text.replace(prefix, name)
+    return _ABS_PATH.sub(lambda m: m.group(1) or m.group(2), text)
+
+
 class ModelHolder:
     """Loads the Translator once (background thread), warms it, then runs the batcher.
 
     States: ``idle`` -> ``loading`` -> ``warming`` -> ``ready``, or ``failed``
-    with the error kept for /api/health.
+    with the error kept: ``error`` for /api/health and /api/info (no absolute
+    paths: see public_message), ``error_detail`` in full for the local console/log.
     """
 
     def __init__(self, config: WebConfig, on_ready: Callable[["ModelHolder"], None] | None = None):
         self.config = config
         self.state = "idle"
-        self.error: str | None = None
+        self.error: str | None = None           # public: no absolute paths
+        self.error_detail: str | None = None    # as raised, paths included (console, log)
         self.translator: Any = None
         self.batcher: MicroBatcher | None = None
         self.load_seconds: float | None = None
@@ -262,6 +287,7 @@ class ModelHolder:
             from runtime import Translator   # torch-free unless the model is a checkpoint
             log.info("loading model %s (backend %s, device %s)", cfg.model, cfg.backend, cfg.device)
             translator = Translator.load(cfg.model, backend=cfg.backend, device=cfg.device,
+                                         allow_partial=cfg.allow_partial,
                                          **({"server": cfg.server} if cfg.server else {}))
             self.state = "warming"
             if cfg.warmup:
@@ -275,9 +301,10 @@ class ModelHolder:
             log.info("model ready in %.1f s: backend %s", self.load_seconds,
                      getattr(translator, "backend", "?"))
         except Exception as exc:  # noqa: BLE001 - kept and reported by /api/health
-            self.error = f"{type(exc).__name__}: {exc}"
+            self.error_detail = f"{type(exc).__name__}: {exc}"
+            self.error = public_message(self.error_detail, cfg.model)
             self.state = "failed"
-            log.error("model failed to load from %s: %s", cfg.model, self.error)
+            log.error("model failed to load from %s: %s", cfg.model, self.error_detail)
         finally:
             self._ready.set()
         if self.ready and self._on_ready is not None:

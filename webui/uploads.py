@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from facesketch.imageio import ImageError, decode
+from facesketch.imageio import DEFAULT_MAX_ASPECT, ImageError, decode
 
 
 class UploadError(ValueError):
@@ -27,7 +27,8 @@ class UploadError(ValueError):
         self.message = message
 
 
-def sniff(data: bytes, formats: tuple[str, ...], max_pixels: int) -> tuple[str, int, int]:
+def sniff(data: bytes, formats: tuple[str, ...], max_pixels: int,
+          max_aspect: float = DEFAULT_MAX_ASPECT) -> tuple[str, int, int]:
     """Identify the format and size from the header alone; raise UploadError if refused."""
     if not data:
         raise UploadError(400, "empty_file", "the uploaded file is empty")
@@ -45,7 +46,7 @@ def sniff(data: bytes, formats: tuple[str, ...], max_pixels: int) -> tuple[str, 
         raise UploadError(413, "image_too_large",
                           f"the image is too large to decode ({exc}); the limit is "
                           f"{max_pixels:,} pixels") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes
         # PIL recognised a header but could not even read it.
         raise UploadError(400, "corrupt_image", f"the image header is corrupt ({exc})") from None
     if fmt not in formats:
@@ -55,13 +56,24 @@ def sniff(data: bytes, formats: tuple[str, ...], max_pixels: int) -> tuple[str, 
         raise UploadError(413, "image_too_large",
                           f"the image is {w}x{h} = {w * h:,} pixels, over the limit of "
                           f"{max_pixels:,}")
+    if min(w, h) == 0 or max(w, h) / min(w, h) > max_aspect:
+        raise UploadError(400, "bad_shape",
+                          f"the image is {w}x{h}, a strip no face picture is; the long side may "
+                          f"be at most {max_aspect:g} times the short one")
     return fmt, w, h
 
 
-def read_image(data: bytes, formats: tuple[str, ...], max_pixels: int) -> np.ndarray:
-    """Upload bytes -> HxWx3 uint8 RGB, or UploadError (400/413/415)."""
-    sniff(data, formats, max_pixels)
+def read_image(data: bytes, formats: tuple[str, ...], max_pixels: int,
+               max_side: int | None = None, max_aspect: float = DEFAULT_MAX_ASPECT) -> np.ndarray:
+    """Upload bytes -> HxWx3 uint8 RGB (no larger than ``max_side``), or UploadError
+    (400/413/415). Any decoder failure on the bytes is a 400, never a server error."""
+    sniff(data, formats, max_pixels, max_aspect)
     try:
-        return decode(data, max_pixels=max_pixels)
+        return decode(data, max_pixels=max_pixels, max_side=max_side, max_aspect=max_aspect)
     except ImageError as exc:
-        raise UploadError(400, "corrupt_image", str(exc)) from None
+        raise UploadError(400, "corrupt_image", _public(str(exc))) from None
+
+
+def _public(message: str) -> str:
+    """A decoder message as a client may see it (no server paths: uploads have none)."""
+    return message.replace("upload: ", "", 1)
