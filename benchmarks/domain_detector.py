@@ -6,7 +6,7 @@
   them: grayscale, toned prints, white backdrops, frames, JPEG, rescaling,
   noise, contrast; tinted paper and faint scans; line drawings and pencil-filter
   drawings made from the photos, labelled sketch). ``--write`` pastes the fitted
-  numbers into runtime/domain.py as DEFAULT_PARAMS (no image leaves the data
+  numbers into facesketch/domain.py as DEFAULT_PARAMS (no image leaves the data
   folder).
 * Measuring uses test_photos/ and test_sketches/, plus variants made here with
   transformations that differ from the training augmentations where possible
@@ -29,7 +29,8 @@ import numpy as np
 
 from facesketch import sysinfo
 from facesketch.imageio import decode, list_images
-from runtime import domain as D
+from facesketch import domain as D
+from training import detector as T
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cufs"
@@ -42,7 +43,7 @@ def load(folder: Path, names: list[str] | None = None) -> tuple[list[np.ndarray]
     return [decode(f) for f in files], [f.name for f in files]
 
 
-def write_params(params: dict, path: Path = REPO / "runtime" / "domain.py") -> None:
+def write_params(params: dict, path: Path = REPO / "facesketch" / "domain.py") -> None:
     text = json.dumps(params, indent=4)
     if re.search(r"\b(true|false|null)\b", text):
         raise ValueError("params hold JSON literals that are not Python")
@@ -87,7 +88,7 @@ def test_variants(photos: list[np.ndarray], sketches: list[np.ndarray]) -> dict[
                                                     Image.BICUBIC))
 
     def jpeg(a, q):
-        return D._jpeg(a, q)
+        return T._jpeg(a, q)
 
     v: dict[str, tuple[list, str]] = {
         "photos grayscale": ([to_gray(p) for p in photos], "photo"),
@@ -114,7 +115,7 @@ def test_variants(photos: list[np.ndarray], sketches: list[np.ndarray]) -> dict[
     try:
         v["line drawings (Canny) from photos"] = ([canny_lines(p) for p in photos], "sketch")
     except ImportError:
-        v["line drawings (edges) from photos"] = ([D.line_drawing(p) for p in photos], "sketch")
+        v["line drawings (edges) from photos"] = ([T.line_drawing(p) for p in photos], "sketch")
     return v
 
 
@@ -156,20 +157,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cufs", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--per-image", type=int, default=6, help="augmented copies per training image")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--write", action="store_true", help="paste the fit into runtime/domain.py")
+    ap.add_argument("--write", action="store_true", help="paste the fit into facesketch/domain.py")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "domain_detector.json")
     a = ap.parse_args(argv)
 
     tp, _ = load(a.cufs / "train_photos")
     ts, _ = load(a.cufs / "train_sketches")
     t0 = time.perf_counter()
-    params = D.fit_detector(tp, ts, per_image=a.per_image, max_images=None, seed=a.seed)
+    params = T.fit_detector(tp, ts, per_image=a.per_image, max_images=None, seed=a.seed)
     fit_s = time.perf_counter() - t0
     print(f"fitted on {len(tp)} train photos + {len(ts)} train sketches "
           f"({params['fitted_on']['samples']} samples with augmentations) in {fit_s:.1f} s")
     if a.write:
         write_params(params)
-        print("wrote DEFAULT_PARAMS into runtime/domain.py")
+        print("wrote DEFAULT_PARAMS into facesketch/domain.py")
 
     ep, names = load(a.cufs / "test_photos")
     es, _ = load(a.cufs / "test_sketches", names)
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
               f"sketches {res['test sketches']:.1%}, grayscale photos {res['photos grayscale']:.1%}")
 
     result = {
-        "what": "photo/sketch detector (runtime/domain.py) fitted on CUFS train, measured on CUFS test",
+        "what": "photo/sketch detector (facesketch/domain.py) fitted on CUFS train, measured on CUFS test",
         "fit": {"seconds": round(fit_s, 2), **params["fitted_on"], "train_accuracy": params["train_accuracy"]},
         "results": rows,
         "baselines": baselines,

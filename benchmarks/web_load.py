@@ -149,7 +149,7 @@ def start_server(model: str, backend: str, port: int, threads: int, log_path: Pa
     env.pop("NGROK_AUTHTOKEN", None)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "facesketch.cli", "serve", "--model", model,
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--model", model,
                              "--backend", backend, "--host", HOST, "--port", str(port),
                              "--threads", str(threads)], stdout=log, stderr=subprocess.STDOUT,
                             env=env, start_new_session=True)

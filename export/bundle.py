@@ -213,7 +213,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike,
             for f in _owned_files(ctx, name):
                 f.unlink(missing_ok=True)
             if name == "onnx":  # derived formats must not start from a removed file
-                ctx._onnx.clear()
+                ctx.forget_onnx_files()
         if not entries:
             raise ExportError("no format could be exported: "
                               + "; ".join(f"{k}: {v}" for k, v in {**skipped, **refused}.items()))

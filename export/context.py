@@ -212,15 +212,16 @@ class ExportContext:
             "version": _facesketch_version(),
         }
 
-    # the shared fp32 ONNX ------------------------------------------------------
-    def fp32_onnx(self, direction: str) -> Path:
-        """The fp32 ONNX of ``direction`` (the bundle's own when 'onnx' was exported)."""
-        if direction not in self._onnx:
-            from .exporters import write_onnx
-            path = self.work / f"{direction}.base.onnx"
-            write_onnx(self, direction, path, fmt="onnx")
-            self._onnx[direction] = path
-        return self._onnx[direction]
+    # the shared fp32 ONNX (export.onnx_io.fp32_onnx) ---------------------------
+    def onnx_file(self, direction: str) -> Path | None:
+        """The fp32 ONNX already written for ``direction`` in this export, if any."""
+        return self._onnx.get(direction)
+
+    def set_onnx_file(self, direction: str, path: Path) -> None:
+        self._onnx[direction] = path
+
+    def forget_onnx_files(self) -> None:
+        self._onnx.clear()
 
 
 def _facesketch_version() -> str:

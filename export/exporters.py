@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -22,98 +21,16 @@ import numpy as np
 from facesketch.formats import FORMATS
 
 from .context import ONNX_INPUT, ONNX_OUTPUT, ExportContext, FormatSkipped, quiet
+from .onnx_io import fp32_onnx, save_onnx, write_onnx
 
 log = logging.getLogger("facesketch.export")
 Exporter = Callable[[ExportContext, str, Path], Path]
 
 
-# ------------------------------------------------------------------ ONNX helpers
-def _set_onnx_metadata(model, meta: dict[str, str]) -> None:
-    keep = [p for p in model.metadata_props if not p.key.startswith("facesketch.")]
-    del model.metadata_props[:]
-    model.metadata_props.extend(keep)
-    for k, v in meta.items():
-        p = model.metadata_props.add()
-        p.key, p.value = f"facesketch.{k}", str(v)
-
-
-def _rename_dims(model) -> None:
-    """Name the input's dynamic dims batch/height/width (and rewrite expressions using them)."""
-    names = {0: "batch", 2: "height", 3: "width"}
-    mapping = {}
-    for i, d in enumerate(model.graph.input[0].type.tensor_type.shape.dim):
-        if d.dim_param and i in names:
-            mapping[d.dim_param] = names[i]
-    if not mapping:
-        return
-    pattern = re.compile(r"\b(" + "|".join(map(re.escape, mapping)) + r")\b")
-    for vi in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
-        for d in vi.type.tensor_type.shape.dim:
-            if d.dim_param:
-                d.dim_param = pattern.sub(lambda m: mapping[m.group(1)], d.dim_param)
-
-
-def _io(model) -> dict:
-    def desc(vi):
-        dims = [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
-        return {"name": vi.name, "shape": dims, "dtype": "float32"}
-    ins, outs = [desc(v) for v in model.graph.input], [desc(v) for v in model.graph.output]
-    dyn = {v["name"]: {str(i): d for i, d in enumerate(v["shape"]) if isinstance(d, str)}
-           for v in ins + outs}
-    return {"inputs": ins, "outputs": outs, "dynamic_axes": dyn}
-
-
-def _save_onnx(ctx: ExportContext, model, direction: str, fmt: str, path: Path) -> Path:
-    import onnx
-    _set_onnx_metadata(model, ctx.metadata(direction, fmt))
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
-    ctx.note(fmt, direction, io=_io(model))
-    return path
-
-
-def write_onnx(ctx: ExportContext, direction: str, path: Path, fmt: str = "onnx") -> Path:
-    """fp32 ONNX with dynamic batch and spatial size.
-
-    torch.onnx.export(dynamo=True) is the supported path in torch >= 2.9 (the
-    TorchScript exporter is deprecated); it emits opset 18 for this model (its Pad
-    has no adapter down to 17) and constant-folds/simplifies the graph with the
-    onnxscript optimizer. The TorchScript exporter (opset 17, do_constant_folding)
-    is kept as a fallback for torch builds where the dynamo exporter fails.
-    """
-    import onnx
-    import torch
-    net = ctx.net(direction)
-    x = torch.from_numpy(ctx.parity_inputs(direction)[:1])
-    opset = int(FORMATS["onnx"].options.get("opset", 18))
-    exporter = "dynamo"
-    with quiet():
-        try:
-            from torch.export import Dim
-            prog = torch.onnx.export(net, (x,), None, input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
-                                     opset_version=opset, dynamo=True, optimize=True, verbose=False,
-                                     dynamic_shapes=({0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC},))
-            model = prog.model_proto
-        except Exception as exc:  # fall back to the TorchScript exporter, saying why
-            log.warning("dynamo ONNX export failed (%s: %s); using the TorchScript exporter",
-                        type(exc).__name__, str(exc).splitlines()[0][:200])
-            exporter = f"torchscript (dynamo failed: {type(exc).__name__})"
-            tmp = ctx.work / f"{direction}.ts.onnx"
-            axes = {0: "batch", 2: "height", 3: "width"}
-            torch.onnx.export(net, (x,), str(tmp), input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
-                              opset_version=min(opset, 17), dynamo=False, do_constant_folding=True,
-                              dynamic_axes={ONNX_INPUT: axes, ONNX_OUTPUT: axes})
-            model = onnx.load(str(tmp))
-    _rename_dims(model)
-    ctx.note(fmt, direction, info={"exporter": exporter,
-                                   "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))})
-    return _save_onnx(ctx, model, direction, fmt, path)
-
-
 # ------------------------------------------------------------------ exporters
 def export_onnx(ctx: ExportContext, direction: str, out_path: Path) -> Path:
     path = write_onnx(ctx, direction, out_path, fmt="onnx")
-    ctx._onnx[direction] = path  # later ONNX-derived formats start from this file
+    ctx.set_onnx_file(direction, path)  # later ONNX-derived formats start from this file
     return path
 
 
@@ -121,9 +38,9 @@ def export_onnx_fp16(ctx: ExportContext, direction: str, out_path: Path) -> Path
     import onnx
     from .fp16 import convert_to_fp16
     keep = tuple(FORMATS["onnx-fp16"].options.get("keep_fp32", ("InstanceNormalization", "Tanh")))
-    model = convert_to_fp16(onnx.load(str(ctx.fp32_onnx(direction))), keep_fp32=keep)
+    model = convert_to_fp16(onnx.load(str(fp32_onnx(ctx, direction))), keep_fp32=keep)
     ctx.note("onnx-fp16", direction, info={"kept_fp32_ops": list(keep), "io_dtype": "float32"})
-    return _save_onnx(ctx, model, direction, "onnx-fp16", out_path)
+    return save_onnx(ctx, model, direction, "onnx-fp16", out_path)
 
 
 def _edge_convs(model) -> list[str]:
@@ -150,7 +67,7 @@ def export_onnx_int8(ctx: ExportContext, direction: str, out_path: Path) -> Path
 
     pre = ctx.work / f"{direction}.int8-pre.onnx"
     with quiet():
-        quant_pre_process(str(ctx.fp32_onnx(direction)), str(pre), skip_symbolic_shape=True)
+        quant_pre_process(str(fp32_onnx(ctx, direction)), str(pre), skip_symbolic_shape=True)
     exclude = _edge_convs(onnx.load(str(pre))) if opts.get("keep_fp32_edges") else []
     method = getattr(CalibrationMethod, opts.get("calibrate_method", "MinMax"))
     q = ctx.work / f"{direction}.int8-q.onnx"
@@ -168,12 +85,12 @@ def export_onnx_int8(ctx: ExportContext, direction: str, out_path: Path) -> Path
         "per_channel": bool(opts.get("per_channel", True)), "reduce_range": bool(opts.get("reduce_range", False)),
         "calibrate_method": opts.get("calibrate_method", "MinMax"), "fp32_nodes": exclude,
         "calibration_images": len(calib), "calibration_folder": str(ctx.images_folder(direction))})
-    return _save_onnx(ctx, model, direction, "onnx-int8", out_path)
+    return save_onnx(ctx, model, direction, "onnx-int8", out_path)
 
 
 def _ov_model(ctx: ExportContext, direction: str, fmt: str):
     import openvino as ov
-    model = ov.convert_model(str(ctx.fp32_onnx(direction)))
+    model = ov.convert_model(str(fp32_onnx(ctx, direction)))
     for k, v in ctx.metadata(direction, fmt).items():
         model.set_rt_info(v, ["facesketch", k])
     return model
@@ -230,7 +147,7 @@ def export_openvino_int8(ctx: ExportContext, direction: str, out_path: Path) -> 
     kw, ignored = {}, []
     if opts.get("keep_fp32_edges"):
         import onnx
-        ignored = _ov_names(fp32, _edge_convs(onnx.load(str(ctx.fp32_onnx(direction)))))
+        ignored = _ov_names(fp32, _edge_convs(onnx.load(str(fp32_onnx(ctx, direction)))))
         kw["ignored_scope"] = nncf.IgnoredScope(names=ignored, validate=False)
     with quiet(capture_output=True):
         q = nncf.quantize(fp32, nncf.Dataset([calib[i:i + 1] for i in range(len(calib))]),
@@ -267,7 +184,7 @@ def export_tensorrt(ctx: ExportContext, direction: str, out_path: Path) -> Path:
     ok, why = trt.cuda_available()
     if not ok:
         raise FormatSkipped(why)
-    base = ctx.fp32_onnx(direction)
+    base = fp32_onnx(ctx, direction)
     companions = []
     if base.parent.resolve() == ctx.out.resolve():  # the bundle's own onnx entry
         companions.append({"path": base, "role": "onnx-source", "shared": True})

@@ -404,7 +404,7 @@ def export_triton(ctx, direction: str, out_path: Path) -> Path:
 
     from facesketch.formats import FORMATS
 
-    from .exporters import _save_onnx
+    from .onnx_io import fp32_onnx, save_onnx
 
     opts = FORMATS["triton"].options
     options = TritonOptions(max_batch_size=int(ctx.max_batch), instances=int(opts.get("instances", 1)),
@@ -413,7 +413,7 @@ def export_triton(ctx, direction: str, out_path: Path) -> Path:
                             workspace_bytes=int(opts.get("workspace_bytes", 1 << 30)))
     repo = ctx.out / REPOSITORY_DIR
     # The repository's ONNX: the bundle's fp32 graph, labelled as the triton format.
-    src = _save_onnx(ctx, onnx.load(str(ctx.fp32_onnx(direction))), direction, "triton",
+    src = save_onnx(ctx, onnx.load(str(fp32_onnx(ctx, direction))), direction, "triton",
                      ctx.work / f"{direction}.triton.onnx")
     engine = ctx.out / f"{direction}{FORMATS['tensorrt'].suffix}"
     trt_info = ctx.extras.get(("tensorrt", direction), {}).get("info", {})

@@ -17,9 +17,53 @@ class ConfigError(ValueError):
     """A configuration value or key is not valid."""
 
 
-def choices(*values: str, default: str) -> Any:
+def choices(*values: str, default: str, help: str = "") -> Any:  # noqa: A002 - argparse's word
     """A string field restricted to ``values``."""
-    return dataclasses.field(default=default, metadata={"choices": values})
+    return dataclasses.field(default=default, metadata={"choices": values, "help": help})
+
+
+def option(default: Any, help: str = "", hidden: bool = False, flag: bool = True) -> Any:  # noqa: A002
+    """A field with its command-line help (``add_arguments``); ``hidden``: not listed in
+    --help; ``flag=False``: no command-line option (API/config only)."""
+    return dataclasses.field(default=default, metadata={"help": help, "hidden": hidden, "flag": flag})
+
+
+def add_arguments(parser: Any, cls: type, required: tuple[str, ...] = ()) -> None:
+    """One argparse option per field of dataclass ``cls`` (``--field-name``): type,
+    choices and help from the field; every default None, so ``config_from_args`` keeps
+    the dataclass's own defaults for options not given. Booleans are store_true flags."""
+    import argparse
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta.get("flag", True):
+            continue
+        typ = hints[f.name]
+        if typing.get_origin(typ) is typing.Union:
+            typ = next(a for a in typing.get_args(typ) if a is not type(None))
+        text = meta.get("help", "")
+        if f.default is not dataclasses.MISSING and f.default is not None and typ is not bool:
+            text = f"{text} (default {f.default})" if text else f"default {f.default}"
+        kw: dict[str, Any] = {"help": argparse.SUPPRESS if meta.get("hidden") else text or None,
+                              "default": None}
+        if typ is bool:
+            kw["action"] = "store_true"
+        else:
+            kw["type"] = typ
+            if meta.get("choices"):
+                kw["choices"] = meta["choices"]
+        if f.name in required:
+            kw["required"] = True
+        parser.add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
+def config_from_args(cls: type[T], args: Any, **overrides: Any) -> T:
+    """The dataclass from parsed ``add_arguments`` options: the options given, the
+    dataclass's defaults for the rest, then ``overrides``."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    given.update(overrides)
+    return from_dict(cls, given)
 
 
 def _coerce(name: str, value: Any, typ: Any) -> Any:

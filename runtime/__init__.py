@@ -4,8 +4,8 @@
 
 Names are resolved lazily (PEP 562), so ``import runtime`` is cheap and never
 imports torch or an inference engine; each backend imports its engine when it
-loads. ``detect_domain``/``fit_detector``/``DEFAULT_PARAMS`` live in
-runtime.domain.
+loads. ``detect_domain``/``DEFAULT_PARAMS`` live in the core (facesketch.domain);
+fitting them is training's (training.detector).
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ _LAZY = {
     "BundleError": "runtime.bundle",
     "BACKENDS": "runtime.backends",
     "BackendUnavailable": "runtime.backends",
-    "detect_domain": "runtime.domain",
-    "fit_detector": "runtime.domain",
-    "DEFAULT_PARAMS": "runtime.domain",
+    "detect_domain": "facesketch.domain",
+    "DEFAULT_PARAMS": "facesketch.domain",
 }
 
 __all__ = list(_LAZY)

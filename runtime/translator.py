@@ -331,7 +331,7 @@ class Translator:
     def detect(self, image: Any) -> tuple[str, float]:
         """(domain, confidence) of an image by the photo/sketch detector with this model's
         own fitted parameters: the answer direction="auto" acts on, for every caller."""
-        from .domain import detect_domain
+        from facesketch.domain import detect_domain
         domain, conf = detect_domain(imageio.decode(image), self._source.detector)
         return domain, float(conf)
 

@@ -119,7 +119,7 @@ def _convert(page, path: Path) -> dict:
 
 def test_page_converts_cufs_photo_and_sketch(server, browser, cufs):
     from facesketch.imageio import decode
-    from runtime.domain import detect_domain
+    from facesketch.domain import detect_domain
     base, app = server
     ARTIFACTS.mkdir(exist_ok=True)
     backend = app.extensions["facesketch"].translator.backend

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from facesketch import cli
+from app import cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,11 +40,20 @@ def test_launcher_passes_train_options_minus_nproc():
 def test_worker_takes_the_same_options_as_facesketch_train():
     import argparse
     sub = cli.build_parser()._subparsers._group_actions[0].choices["train"]
+    from training.__main__ import main as worker_main
+    from training.config import TrainConfig, add_train_arguments
     worker = argparse.ArgumentParser()
-    cli.add_train_arguments(worker)
+    add_train_arguments(worker)
     opts = lambda p: {s for a in p._actions for s in a.option_strings}  # noqa: E731
     assert opts(sub) == opts(worker)
     assert {"--nproc", "--resume", "--ngf", "--ndf"} <= opts(worker)
+    # options are declared once, in TrainConfig: every command-line field is an option
+    import dataclasses
+    fields = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig)
+              if f.metadata.get("flag", True)}
+    assert fields <= opts(worker) and len(fields) >= 30
+    with pytest.raises(SystemExit):
+        worker_main(["--out", "x", "--arch", "nonsense"])       # choices come from the field
 
 
 def test_launch_refuses_to_nest_inside_torchrun(monkeypatch):
@@ -89,7 +98,7 @@ def test_two_process_ddp_keeps_ranks_identical_and_one_process_resumes(tmp_path,
     common = ["--data", str(cufs), "--out", str(out), *TINY]
 
     # 2 processes via `facesketch train --nproc 2` (-> training.launch -> torchrun -> DDP/gloo)
-    text = _run([sys.executable, "-m", "facesketch.cli", "train", "--nproc", "2", *common,
+    text = _run([sys.executable, "-m", "app.cli", "train", "--nproc", "2", *common,
                  "--max-steps", "2"], _env(d2))
     assert "torch.distributed.run" in text and "world 2" in text
     r0s, r1s = _digest(d2, 0, "start"), _digest(d2, 1, "start")
@@ -129,7 +138,7 @@ def test_two_process_ddp_keeps_ranks_identical_and_one_process_resumes(tmp_path,
 
 
 def _start_two_ranks(out: Path, dg: Path, cufs: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "facesketch.cli", "train", "--nproc", "2", "--data", str(cufs),
+    cmd = [sys.executable, "-m", "app.cli", "train", "--nproc", "2", "--data", str(cufs),
            "--out", str(out), *TINY, "--epochs", "50"]
     proc = subprocess.Popen(cmd, env=_env(dg), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -12,7 +12,7 @@ pytest.importorskip("skimage")
 
 @pytest.mark.slow
 def test_demo_without_data_exports_translates_and_reuses(tiny_checkpoint, tmp_path, monkeypatch):
-    import facesketch.demo as demo
+    import app.demo as demo
     monkeypatch.setattr(demo, "CUFS", tmp_path / "no-data-here")
     lines: list[str] = []
     bundle = demo.run_demo(model=tiny_checkpoint, bundle=tmp_path / "b", serve=False, echo=lines.append)

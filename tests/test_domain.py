@@ -1,4 +1,4 @@
-"""Photo/sketch detection (runtime/domain.py): accuracy on real CUFS images and
+"""Photo/sketch detection (facesketch/domain.py; fitting: training/detector.py): accuracy on real CUFS images and
 on the kinds of input the seed's rules got wrong, refitting, and bad input."""
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ import pytest
 from PIL import Image
 
 from facesketch.imageio import ImageError, decode, fit_square, list_images
-from runtime import DEFAULT_PARAMS, detect_domain, fit_detector
-from runtime import domain as D
+from facesketch import domain as D
+from facesketch.domain import DEFAULT_PARAMS, detect_domain
+from training import detector as T
+from training.detector import fit_detector
 
 
 # ------------------------------------------------------------ helpers (test-side variants,
-# deliberately made differently from the training augmentations in runtime/domain.py)
+# deliberately made differently from the training augmentations in training/detector.py)
 def gray(rgb):
     g = np.clip(rgb.astype(np.float32) @ np.float32([0.2126, 0.7152, 0.0722]) + 0.5, 0, 255)
     return np.repeat(g.astype(np.uint8)[:, :, None], 3, axis=2)
@@ -72,8 +74,8 @@ def test_tinted_paper_bordered_scans_line_drawings(test_set):
         "sketch on a grey mat": ([framed(x, (120, 120, 120), 0.15) for x in s], "sketch"),
         "photo in a white frame": ([framed(x, (255, 255, 255), 0.12) for x in p], "photo"),
         "grayscale photo in a black frame": ([framed(gray(x), (0, 0, 0), 0.1) for x in p], "photo"),
-        "photo, JPEG quality 20": ([D._jpeg(x, 20) for x in p], "photo"),
-        "sketch, JPEG quality 20": ([D._jpeg(x, 20) for x in s], "sketch"),
+        "photo, JPEG quality 20": ([T._jpeg(x, 20) for x in p], "photo"),
+        "sketch, JPEG quality 20": ([T._jpeg(x, 20) for x in s], "sketch"),
     }
     skimage_feature = pytest.importorskip("skimage.feature")
 

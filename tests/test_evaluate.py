@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facesketch import evaluate as E
-from facesketch.cli import main
+from app import evaluate as E
+from app.cli import main
 
 
 def _check_ranges(summary, keys):

@@ -272,7 +272,7 @@ def test_reexport_replaces_a_bundle(tiny_checkpoint, synthetic_data, tmp_path):
 
 
 def test_cli_export_lists_formats_and_writes_a_bundle(tiny_checkpoint, synthetic_data, tmp_path, capsys):
-    from facesketch.cli import build_parser, main
+    from app.cli import build_parser, main
     helptext = build_parser()._subparsers._group_actions[0].choices["export"].format_help()
     for name in FORMATS:
         assert name in helptext

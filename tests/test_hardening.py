@@ -264,7 +264,7 @@ def test_training_folder_skips_damaged_files_by_name(tmp_path):
 
 
 def test_translate_cli_reports_a_damaged_file_and_goes_on(tiny_checkpoint, tmp_path, capsys):
-    from facesketch.cli import main
+    from app.cli import main
     (tmp_path / "in").mkdir()
     face().save(tmp_path / "in" / "ok.png")
     (tmp_path / "in" / "bad.bmp").write_bytes(bmp_rle8_short())
@@ -372,7 +372,7 @@ def test_slow_clients_are_cut_off_and_do_not_starve_others(live_server):
 
 
 def test_evaluate_skips_a_damaged_pair_by_name(tiny_bundle, tmp_path):
-    from facesketch.evaluate import evaluate
+    from app.evaluate import evaluate
     for sub in ("p", "s"):
         (tmp_path / sub).mkdir()
         for i in range(3):

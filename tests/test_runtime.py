@@ -229,7 +229,7 @@ def test_damaged_engine_is_an_error_not_a_fallback(tiny_bundle, tmp_path, cache,
 
 
 def test_cli_translate_allow_partial(tiny_bundle, tmp_path, capsys, cache):
-    from facesketch.cli import main
+    from app.cli import main
     b = _subset(tiny_bundle, tmp_path / "b", {"onnx", "onnx-int8"})
     (b / "photo2sketch.onnx").write_bytes(b"\0" * 100)
     img = tmp_path / "in.png"
@@ -442,7 +442,7 @@ def test_bench_reports_every_backend_and_the_auto_pick(tiny_bundle, tmp_path, ca
 
 
 def test_cli_translate_and_bench_defaults(tiny_bundle, synthetic_data, tmp_path, monkeypatch, capsys, cache):
-    from facesketch.cli import main
+    from app.cli import main
     src = synthetic_data / "trainA" / "00.png"
     rc = main(["translate", str(src), "--model", str(tiny_bundle), "--backend", "ort-cpu",
                "--direction", "photo2sketch", "--out", str(tmp_path / "out")])

@@ -135,7 +135,7 @@ def test_serve_share_keeps_the_token_off_the_agent_and_the_console(tiny_bundle, 
                PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]))
     logfile = tmp_path / "serve.log"
     with open(logfile, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "facesketch.cli", "serve", "--model",
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--model",
                                  str(tiny_bundle), "--port", str(_free_port()), "--backend", "onnx",
                                  "--share"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
         try:

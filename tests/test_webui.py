@@ -491,7 +491,7 @@ def test_full_queue_answers_503_with_retry_after(tiny_checkpoint):
 # ----------------------------------------------------------------- CUFS
 @pytest.mark.cufs
 def test_cufs_photo_and_sketch_domains(client, cufs):
-    from runtime.domain import detect_domain
+    from facesketch.domain import detect_domain
     from facesketch.imageio import decode
     for folder, domain, direction in (("test_photos", "photo", "photo2sketch"),
                                       ("test_sketches", "sketch", "sketch2photo")):
@@ -545,7 +545,7 @@ def _serve_env(tmp_path, **extra) -> dict:
 
 def _start_serve(tmp_path, args, env):
     log = open(tmp_path / "serve.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "facesketch.cli", "serve", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", *args],
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     return proc, log
 
@@ -631,9 +631,9 @@ def test_share_with_token_but_no_tunnel_fails_cleanly(tmp_path, agent, expect):
 
 
 def test_serve_imports_neither_pyngrok_nor_torch_by_itself():
-    code = ("import sys\nimport facesketch.cli, webui, webui.serve, webui.api, webui.engine\n"
+    code = ("import sys\nimport app.cli, webui, webui.serve, webui.api, webui.engine\n"
             "from webui import WebConfig\n"
-            "p = facesketch.cli.build_parser().parse_args(['serve', '--model', 'm', '--port', '0'])\n"
+            "p = app.cli.build_parser().parse_args(['serve', '--model', 'm', '--port', '0'])\n"
             "print(sorted(m for m in ('pyngrok', 'torch', 'training') if m in sys.modules))\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=REPO)
@@ -642,7 +642,7 @@ def test_serve_imports_neither_pyngrok_nor_torch_by_itself():
 
 
 def test_serve_missing_model_is_a_clear_error(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "facesketch.cli", "serve", "--model",
+    res = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--model",
                           str(tmp_path / "nope")], capture_output=True, text=True, timeout=120,
                          cwd=tmp_path, env=_serve_env(tmp_path))
     assert res.returncode == 2
@@ -750,7 +750,7 @@ def test_serve_exits_1_when_no_backend_loads(tiny_bundle, tmp_path, monkeypatch)
 @pytest.mark.slow
 def test_serve_command_exits_1_when_no_backend_loads(tiny_bundle, tmp_path):
     bundle = _damaged_bundle(tiny_bundle, tmp_path / "mybundle")
-    res = subprocess.run([sys.executable, "-m", "facesketch.cli", "serve", "--model", str(bundle),
+    res = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--model", str(bundle),
                           "--port", "0"], capture_output=True, text=True, timeout=180, cwd=tmp_path,
                          env=_serve_env(tmp_path, FACESKETCH_CACHE=str(tmp_path / "cache")))
     assert res.returncode == 1, res.stdout + res.stderr

@@ -15,22 +15,22 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from facesketch import cli
+    from facesketch.command import run_handler
+
+    from .config import add_train_arguments
+    from .command import run_train
 
     p = argparse.ArgumentParser(prog="python -m training",
                                 description="Train a CycleGAN (the torchrun/DDP worker entry point; "
                                             "same options as `facesketch train`).")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    cli.add_train_arguments(p)
+    add_train_arguments(p)
     a = p.parse_args(argv)
     rank = int(os.environ.get("RANK", 0))
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format=f"%(levelname)s [rank {rank}] %(name)s: %(message)s")
-    if a.nproc and a.nproc > 1:
-        from .launch import launch
-        return launch(a.nproc, sys.argv[1:] if argv is None else list(argv))
-    a.nproc = None
-    return cli.run_handler(cli.cmd_train, a, f"training (rank {rank})")
+    args = sys.argv[1:] if argv is None else list(argv)
+    return run_handler(lambda ns: run_train(ns, args), a, f"training (rank {rank})")
 
 
 if __name__ == "__main__":

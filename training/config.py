@@ -1,56 +1,64 @@
-"""TrainConfig: every option of a training run, typed and checked."""
+"""TrainConfig: every option of a training run, typed and checked, declared once.
+
+The command-line options of ``facesketch train`` (and of ``python -m training``,
+the torchrun worker) are generated from these fields (facesketch.config.add_arguments):
+a new option is one field here, with its help text.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
-from facesketch.config import ConfigError, check, choices
+from facesketch.config import ConfigError, check, choices, option
 
 
 @dataclass
 class TrainConfig:
-    out: str = "runs/default"
-    data: Optional[str] = None            # a folder in a known layout ...
-    photos: Optional[str] = None          # ... or two folders
-    sketches: Optional[str] = None
-    size: int = 128
-    blocks: int = 3
-    # generator upsampling: "resize" (resize + conv, no checkerboard) or "reference"
-    # (the reference code's ConvTranspose; import-reference and old checkpoints)
-    arch: str = choices("resize", "reference", default="resize")
-    ngf: int = 64
-    ndf: int = 64
-    epochs: int = 200                     # constant LR for the first half, then linear decay
-    batch_size: int = 1
-    max_images: Optional[int] = None      # per domain
-    holdout: int = 8                      # images per domain held back for samples/validation
-    device: str = choices("auto", "cpu", "cuda", default="auto")
-    precision: str = choices("auto", "fp32", "bf16", "fp16", default="auto")
-    compile: bool = False
-    # torch.compile mode; "reduce-overhead" captures CUDA graphs (batch-1 GPU steps are
-    # launch-bound), "max-autotune" also autotunes kernels.
-    compile_mode: str = choices("default", "reduce-overhead", "max-autotune", default="default")
-    channels_last: Optional[bool] = None  # None: on for CUDA, off for CPU
-    seed: int = 0
-    resume: bool = False
-    lr: float = 2e-4
-    beta1: float = 0.5
-    lambda_cycle: float = 10.0
-    lambda_identity: float = 0.5          # times lambda_cycle
-    # Semi-supervised mode: "auto" pairs photos and sketches by file name and adds a
-    # paired L1 loss (lambda_pair) for the paired part; "off" trains unpaired.
-    pairs: str = choices("auto", "off", default="auto")
-    lambda_pair: float = 10.0
-    # std of Gaussian noise added to a translation before it is reconstructed
-    # (against the cycle "steganography" of Chu et al. 2017; 0 = off)
-    cycle_noise: float = 0.0
-    pool_size: int = 50
-    log_every: int = 25                   # steps between loss read-backs (host syncs)
-    max_steps: Optional[int] = None       # stop (with a checkpoint) at this global step
-    checkpoint_minutes: float = 15.0      # also checkpoint mid-epoch this often
-    progress: bool = True
-    fit_detector: bool = True
+    out: str = option("runs/default", "run folder, e.g. runs/NAME")
+    data: Optional[str] = option(None, "folder in a known layout (CUFS, Kaggle, CycleGAN "
+                                       "trainA/trainB)")
+    photos: Optional[str] = option(None, "folder of photos (with --sketches, instead of --data)")
+    sketches: Optional[str] = option(None, "folder of sketches")
+    size: int = option(128, "image size the networks train at")
+    blocks: int = option(3, "residual blocks in each generator")
+    arch: str = choices("resize", "reference", default="resize",
+                        help="generator upsampling: resize (bilinear resize + conv, no "
+                             "checkerboard) or reference (ConvTranspose, as the reference CycleGAN)")
+    # Network widths (reference: 64)
+    ngf: int = option(64, "generator filters in the first layer")
+    ndf: int = option(64, "discriminator filters in the first layer")
+    epochs: int = option(200, "epochs: constant learning rate for half, then linear decay")
+    batch_size: int = option(1, "images per domain per step")
+    max_images: Optional[int] = option(None, "use at most N images per domain")
+    holdout: int = option(8, "images per domain held back for samples and validation")
+    device: str = choices("auto", "cpu", "cuda", default="auto", help="where to train")
+    precision: str = choices("auto", "fp32", "bf16", "fp16", default="auto",
+                             help="auto: bf16 on GPUs that have it, else fp16 on GPUs, fp32 on CPU")
+    compile: bool = option(False, "torch.compile G and D")
+    # "reduce-overhead" captures CUDA graphs (batch-1 GPU steps are launch-bound),
+    # "max-autotune" also autotunes kernels.
+    compile_mode: str = choices("default", "reduce-overhead", "max-autotune", default="default",
+                                help="torch.compile mode (reduce-overhead = CUDA graphs)")
+    channels_last: Optional[bool] = option(None, "None: on for CUDA, off for CPU", flag=False)
+    seed: int = option(0, "random seed (data order, augmentation, init)")
+    resume: bool = option(False, "continue the run in --out exactly where it stopped")
+    lr: float = option(2e-4, "Adam learning rate")
+    beta1: float = option(0.5, "Adam beta1")
+    lambda_cycle: float = option(10.0, "cycle-consistency loss weight")
+    lambda_identity: float = option(0.5, "identity loss weight, times the cycle weight (0 = off)")
+    pairs: str = choices("auto", "off", default="auto",
+                         help="auto: pair photos and sketches by file name and add a paired L1 "
+                              "loss for those (semi-supervised); off: unpaired CycleGAN")
+    lambda_pair: float = option(10.0, "paired L1 loss weight")
+    cycle_noise: float = option(0.0, "std of Gaussian noise added to a translation before it is "
+                                     "reconstructed (against cycle steganography; 0 = off)")
+    pool_size: int = option(50, "history pool of fakes for the discriminators (0 = none)")
+    log_every: int = option(25, "steps between loss read-backs (host syncs)")
+    max_steps: Optional[int] = option(None, "stop (with a checkpoint) at this global step")
+    checkpoint_minutes: float = option(15.0, "also checkpoint mid-epoch this often")
+    progress: bool = option(True, "progress bar", flag=False)
+    fit_detector: bool = option(True, "refit the photo/sketch detector at the end", flag=False)
 
     def validate(self) -> None:
         check(self)
@@ -64,3 +72,17 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_images is not None and self.max_images < 1:
             raise ConfigError(f"max_images must be >= 1, got {self.max_images}")
+
+
+def add_train_arguments(p) -> None:
+    """The options of ``facesketch train`` and ``python -m training``: every TrainConfig
+    field, plus how to run (processes, progress bar)."""
+    from facesketch.config import add_arguments
+    add_arguments(p, TrainConfig, required=("out",))
+    p.add_argument("--nproc", type=int, help="processes (torchrun/DDP); GPUs or CPU (gloo)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(a) -> TrainConfig:
+    from facesketch.config import config_from_args as build
+    return build(TrainConfig, a, progress=not a.no_progress)

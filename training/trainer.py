@@ -596,7 +596,7 @@ class Run:
         """Refit the photo/sketch detector on this run's training images."""
         if not self.cfg.fit_detector:
             return False
-        from runtime.domain import fit_detector
+        from .detector import fit_detector
         hwc = lambda d: d.images.permute(0, 2, 3, 1).cpu().numpy()  # noqa: E731
         self.detector = fit_detector(hwc(self.train_A), hwc(self.train_B))
         log.info("domain detector refit on %d photos and %d sketches", len(self.train_A),

@@ -10,5 +10,5 @@ def default_model() -> Path:
     if not (DEFAULT_MODEL / "model.safetensors").is_file():
         raise FileNotFoundError(
             f"the bundled default model is missing at {DEFAULT_MODEL}; train one "
-            "(facesketch train ...) and package it (python -m training.package RUN)")
+            "(facesketch train ...) and package it (python -m app.package RUN)")
     return DEFAULT_MODEL

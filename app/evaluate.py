@@ -1,6 +1,6 @@
 """Evaluate a model on paired test data the way the face-sketch literature does.
 
-    from facesketch.evaluate import evaluate, markdown
+    from app.evaluate import evaluate, markdown
     report = evaluate("bundles/default", "../shared/data/cufs", grid="grid.png")
     print(markdown(report))
 
@@ -38,9 +38,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import imageio, sysinfo
-from .metrics import FsimFeatures, checkerboard_db, fsim_features, fsim_from, psnr, ssim, to_gray
-from .progress import ProgressBar
+from facesketch import imageio, sysinfo
+from facesketch.metrics import FsimFeatures, checkerboard_db, fsim_features, fsim_from, psnr, ssim, to_gray
+from facesketch.progress import ProgressBar
 
 log = logging.getLogger("facesketch.evaluate")
 

@@ -21,8 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import imageio
-from .models import default_model
+from facesketch import imageio
+from facesketch.models import default_model
 
 log = logging.getLogger("facesketch.demo")
 REPO = Path(__file__).resolve().parents[1]

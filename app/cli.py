@@ -12,7 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
-from . import formats
+from facesketch import formats
+from facesketch.command import run_handler
 
 log = logging.getLogger("facesketch")
 
@@ -26,20 +27,8 @@ def _csv_ints(text: str) -> list[int]:
 
 # ----------------------------------------------------------------- handlers
 def cmd_train(a: argparse.Namespace) -> int:
-    if a.nproc and a.nproc > 1:
-        from training.launch import launch
-        return launch(a.nproc, sys.argv[1:])
-    from training.config import TrainConfig
-    from training.trainer import train
-    keys = ("out", "data", "photos", "sketches", "size", "blocks", "epochs", "batch_size",
-            "max_images", "holdout", "device", "precision", "compile", "seed", "resume",
-            "max_steps", "lr", "log_every", "ngf", "ndf", "compile_mode", "arch", "pairs",
-            "lambda_pair", "lambda_identity", "cycle_noise")
-    cfg = TrainConfig(**{k: getattr(a, k) for k in keys if getattr(a, k) is not None},
-                      progress=not a.no_progress)
-    out = train(cfg)
-    print(f"checkpoint: {out}")
-    return 0
+    from training.command import run_train
+    return run_train(a, sys.argv[1:])
 
 
 def cmd_import_reference(a: argparse.Namespace) -> int:
@@ -69,7 +58,7 @@ def _default_model(allow_checkpoint: bool) -> Path:
     if (DEFAULT_BUNDLE / "manifest.json").is_file():
         return DEFAULT_BUNDLE
     if allow_checkpoint:
-        from .models import DEFAULT_MODEL
+        from facesketch.models import DEFAULT_MODEL
         if (DEFAULT_MODEL / "model.safetensors").is_file():
             log.info("no bundles/default: using the packaged model %s (needs torch)", DEFAULT_MODEL)
             return DEFAULT_MODEL
@@ -136,7 +125,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from facesketch.evaluate import evaluate, markdown
+    from .evaluate import evaluate, markdown
     from facesketch.sysinfo import write_result
     report = evaluate(a.model, a.data, photos=a.photos, sketches=a.sketches, limit=a.limit,
                       backend=a.backend, device=a.device, batch_size=a.batch_size, grid=a.grid)
@@ -162,47 +151,6 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------- parser
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of `facesketch train`; also `python -m training` (torchrun) uses them."""
-    p.add_argument("--data", help="folder in a known layout (CUFS, Kaggle, CycleGAN trainA/trainB)")
-    p.add_argument("--photos", help="folder of photos (with --sketches, instead of --data)")
-    p.add_argument("--sketches", help="folder of sketches")
-    p.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
-    p.add_argument("--size", type=int, help="image size (default 128)")
-    p.add_argument("--blocks", type=int, help="residual blocks in each generator (default 3)")
-    p.add_argument("--arch", choices=("resize", "reference"),
-                   help="generator upsampling: resize (resize + conv, no checkerboard; default) or "
-                        "reference (ConvTranspose, as the reference CycleGAN)")
-    p.add_argument("--pairs", choices=("auto", "off"),
-                   help="auto (default): pair photos and sketches by file name and add a paired L1 "
-                        "loss for those; off: unpaired CycleGAN")
-    p.add_argument("--lambda-pair", type=float, help="weight of the paired L1 loss (default 10)")
-    p.add_argument("--lambda-identity", type=float,
-                   help="identity loss weight, times the cycle weight (default 0.5; 0 = off)")
-    p.add_argument("--cycle-noise", type=float,
-                   help="std of noise added to translations before reconstruction (default 0)")
-    p.add_argument("--epochs", type=int, help="epochs: constant LR for half, then linear decay")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--max-images", type=int, help="use at most N images per domain")
-    p.add_argument("--holdout", type=int, help="images per domain held back for samples/validation")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile G and D")
-    p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"),
-                   help="torch.compile mode (reduce-overhead = CUDA graphs)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--resume", action="store_true", default=None,
-                   help="continue the run in --out exactly where it stopped")
-    p.add_argument("--max-steps", type=int, help="stop (with a checkpoint) at this global step")
-    p.add_argument("--log-every", type=int, help="steps between loss read-backs")
-    p.add_argument("--nproc", type=int, help="processes (torchrun/DDP); GPUs or CPU (gloo)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    # Network widths (reference: 64); hidden, for tiny test and debugging runs.
-    p.add_argument("--ngf", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--ndf", type=int, help=argparse.SUPPRESS)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="facesketch",
                                 description="Face photo <-> sketch translation with CycleGAN.")
@@ -210,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a CycleGAN on photo and sketch folders")
+    from training.config import add_train_arguments   # torch-free: the options only
     add_train_arguments(t)
     t.set_defaults(func=cmd_train)
 
@@ -307,21 +256,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     return run_handler(a.func, a, f"facesketch {a.command}")
-
-
-def run_handler(func, a: argparse.Namespace, label: str) -> int:
-    """Run a subcommand: expected failures become one clear line and exit status 2
-    (-v shows the traceback); Ctrl-C exits 130."""
-    try:
-        return int(func(a) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
-        if a.verbose:
-            raise
-        print(f"{label}: error: {exc}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":

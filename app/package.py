@@ -1,6 +1,6 @@
 """Package a trained run as the embedded default model (fp16, detector, model card).
 
-    python -m training.package runs/cufs128 [--eval benchmarks/results/eval_default.json]
+    python -m app.package runs/cufs128 [--eval benchmarks/results/eval_default.json]
 
 Takes the run's ``best/`` generators (chosen by validation on held-back training
 pairs, never by the test set), refits the photo/sketch detector on the run's
@@ -22,8 +22,8 @@ from facesketch import sysinfo
 from facesketch.imageio import load_folder
 from facesketch.models import DEFAULT_MODEL
 
-from . import checkpoint as ckpt
-from .data import load_size_for
+from training import checkpoint as ckpt
+from training.data import load_size_for
 
 TERMS = ("Trained on CUFS (CUHK Face Sketch database, Wang & Tang, TPAMI 2009), released by the "
          "CUHK Multimedia Lab for non-commercial research use; the AR and XM2VTS photos carry "
@@ -31,7 +31,7 @@ TERMS = ("Trained on CUFS (CUHK Face Sketch database, Wang & Tang, TPAMI 2009), 
 
 
 def refit_detector(cfg: dict[str, Any]) -> dict[str, Any]:
-    from runtime.domain import fit_detector
+    from training.detector import fit_detector
     data = cfg.get("data") or {}
     size = load_size_for(int(cfg["image_size"]))
     held = set(data.get("held_out", []))
@@ -88,7 +88,7 @@ def model_card(cfg: dict[str, Any], evaluation: dict[str, Any] | None,
     if notes:
         lines += [notes.strip(), ""]
     if evaluation:
-        from facesketch.evaluate import markdown
+        from .evaluate import markdown
         lines += ["## Metrics (CUFS test set)", "", markdown(evaluation).strip(), ""]
     hist = [h for h in cfg.get("card", {}).get("validation_history") or [] if "ssim_photo2sketch" in h]
     if hist:
