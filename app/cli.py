@@ -151,17 +151,15 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="facesketch",
-                                description="Face photo <-> sketch translation with CycleGAN.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _add_train(sub) -> None:
 
     t = sub.add_parser("train", help="train a CycleGAN on photo and sketch folders")
     from training.config import add_train_arguments   # torch-free: the options only
     add_train_arguments(t)
     t.set_defaults(func=cmd_train)
 
+
+def _add_import_reference(sub) -> None:
     r = sub.add_parser("import-reference", help="convert reference CycleGAN generators (.pth)")
     r.add_argument("g_a", help="latest_net_G_A.pth (photo -> sketch)")
     r.add_argument("g_b", help="latest_net_G_B.pth (sketch -> photo)")
@@ -169,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--size", type=int, default=256, help="image size the model was trained at")
     r.set_defaults(func=cmd_import_reference)
 
+
+def _add_serve(sub) -> None:
     sv = sub.add_parser("serve", help="serve the web page and API (waitress)")
     sv.add_argument("--model", help="bundle folder (or checkpoint); default bundles/default, "
                     "else the packaged model")
@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also open a public ngrok link (token from the NGROK_AUTHTOKEN env variable)")
     sv.set_defaults(func=cmd_serve)
 
+
+def _add_export(sub) -> None:
     ex = sub.add_parser("export", help="export a checkpoint into a bundle of verified engines",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         description="Export a checkpoint (or a run folder: its best/ checkpoint) "
@@ -199,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(photos/sketches layout, or one folder); default: the checkpoint's training data")
     ex.set_defaults(func=cmd_export)
 
+
+def _add_translate(sub) -> None:
     tr = sub.add_parser("translate", help="translate images (photo <-> sketch)")
     tr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     tr.add_argument("--model", help="bundle folder (or checkpoint); default bundles/default")
@@ -214,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", default="translated", help="output folder (default ./translated)")
     tr.set_defaults(func=cmd_translate)
 
+
+def _add_bench(sub) -> None:
     be = sub.add_parser("bench", help="benchmark every backend of a bundle on this machine")
     be.add_argument("--model", help="bundle folder; default bundles/default")
     be.add_argument("--backends", help="comma list of backend or format names (default: all loadable)")
@@ -224,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "when run in the repository)")
     be.set_defaults(func=cmd_bench)
 
+
+def _add_evaluate(sub) -> None:
     ev = sub.add_parser("evaluate", help="SSIM/FSIM/PSNR of both directions on paired test data")
     ev.add_argument("--model", required=True, help="bundle folder or checkpoint")
     ev.add_argument("--data", help="folder with test_photos/ + test_sketches/ (CUFS) or testA/ + testB/")
@@ -237,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ev.add_argument("--batch-size", type=int, default=8, help="images per engine call (default 8)")
     ev.set_defaults(func=cmd_evaluate)
+
+
+def _add_demo(sub) -> None:
     d = sub.add_parser("demo", help="the main job on the bundled model: export, bench, web UI")
     d.add_argument("--model", help="checkpoint (default: the embedded model)")
     d.add_argument("--bundle", default="bundles/default", help="bundle folder to (re)use")
@@ -247,6 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--port", type=int, default=5000)
     d.add_argument("--no-serve", action="store_true", help="stop after the bench table")
     d.set_defaults(func=cmd_demo)
+
+
+SUBCOMMANDS = (_add_train, _add_import_reference, _add_serve, _add_export, _add_translate, _add_bench, _add_evaluate, _add_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="facesketch",
+                                description="Face photo <-> sketch translation with CycleGAN.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
     return p
 
 

@@ -281,7 +281,109 @@ def merge_levels(parts: list[dict[str, Any]]) -> dict[str, Any]:
             "batch_sizes": sizes}
 
 
-def main(argv: list[str] | None = None) -> int:
+# ------------------------------------------------------------------ hostile mixes
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def flat_png(w: int, h: int, depth: int = 8) -> bytes:
+    """A valid PNG of w x h flat gray pixels that compresses to almost nothing."""
+    import struct
+    import zlib
+    raw = zlib.compress((b"\x00" + b"\x00" * (w * depth // 8)) * h, 9)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, 0, 0, 0, 0))
+            + _png_chunk(b"IDAT", raw) + _png_chunk(b"IEND", b""))
+
+
+def hostile_bodies() -> dict[str, tuple[bytes, str]]:
+    """The review's attacks: a thin strip (5 x 3,000,000 pixels in ~20 KB; 8 x 3,000,000
+    is refused by the pixel limit alone), a 16-bit 4898x4898 PNG (46 KB; 24 MP, over the
+    pixel limit) and a 16-bit 3900x3900 PNG (15.2 MP, under it: decoded, bounded)."""
+    return {"thin_png": multipart("thin.png", flat_png(5, 3_000_000)),
+            "sixteen_bit_bomb": multipart("bomb.png", flat_png(4898, 4898, 16)),
+            "sixteen_bit_15mp": multipart("big16.png", flat_png(3900, 3900, 16))}
+
+
+def attacker(port: int, body: tuple[bytes, str], stop: threading.Event, counts: dict) -> None:
+    """One client sending the same hostile upload in a loop until ``stop``."""
+    while not stop.is_set():
+        conn = http.client.HTTPConnection(HOST, port, timeout=60)
+        try:
+            conn.request("POST", "/api/translate", body=body[0], headers={"Content-Type": body[1]})
+            r = conn.getresponse()
+            r.read()
+            counts[r.status] = counts.get(r.status, 0) + 1
+        except (OSError, http.client.HTTPException) as exc:
+            counts[type(exc).__name__] = counts.get(type(exc).__name__, 0) + 1
+        finally:
+            conn.close()
+
+
+def slow_connections(port: int, n: int, stop: threading.Event, counts: dict) -> None:
+    """``n`` connections trickling a request's headers at 1 byte/s, reopened when cut off."""
+    import socket
+    socks: list = [None] * n
+    while not stop.is_set():
+        for i in range(n):
+            try:
+                if socks[i] is None:
+                    socks[i] = socket.create_connection((HOST, port), timeout=5)
+                    socks[i].sendall(b"POST /api/translate HTTP/1.1\r\nHost: x\r\n")
+                    counts["opened"] = counts.get("opened", 0) + 1
+                else:
+                    socks[i].sendall(b"X")
+            except OSError:
+                counts["cut_off"] = counts.get("cut_off", 0) + 1
+                if socks[i] is not None:
+                    socks[i].close()
+                socks[i] = None
+        stop.wait(1.0)
+    for s in socks:
+        if s is not None:
+            s.close()
+
+
+def run_hostile(port: int, clients: int, seconds: float, max_requests: int,
+                bodies: list[tuple[bytes, str]], slow: int = 120) -> dict[str, Any]:
+    """Normal clients alone, then beside each hostile mix; their p50 and errors each time."""
+    hostile = hostile_bodies()
+    mixes: dict[str, Any] = {"quiet": None, **{k: None for k in hostile},
+                             f"{slow}_slow_connections": None}
+    out: dict[str, Any] = {}
+    for mix in mixes:
+        stop, counts = threading.Event(), {}
+        if mix in hostile:
+            bad = threading.Thread(target=attacker, args=(port, hostile[mix], stop, counts), daemon=True)
+        elif mix != "quiet":
+            bad = threading.Thread(target=slow_connections, args=(port, slow, stop, counts), daemon=True)
+        else:
+            bad = None
+        if bad is not None:
+            bad.start()
+            time.sleep(1.0)
+        print(f"{clients} normal client(s) beside: {mix} ...", flush=True)
+        res = run_level(port, clients, seconds, max_requests, bodies)
+        stop.set()
+        if bad is not None:
+            bad.join(30)
+        res.pop("_raw", None)
+        out[mix] = {"normal_p50_ms": res["latency_ms"]["p50"], "normal_p95_ms": res["latency_ms"]["p95"],
+                    "normal_requests_per_s": res["requests_per_s"], "normal_errors": res["errors"],
+                    "hostile_answers": {str(k): v for k, v in counts.items()}}
+        print(f"  p50 {out[mix]['normal_p50_ms']} ms, {out[mix]['normal_requests_per_s']} req/s, "
+              f"errors {res['errors']}, hostile {out[mix]['hostile_answers']}", flush=True)
+    quiet = out["quiet"]["normal_p50_ms"]
+    out["checks"] = {mix: {"p50_ratio_to_quiet": round(v["normal_p50_ms"] / quiet, 2),
+                           "within_2x": v["normal_p50_ms"] <= 2 * quiet,
+                           "zero_errors": not v["normal_errors"]}
+                     for mix, v in out.items() if mix != "quiet"}
+    return out
+
+
+# ------------------------------------------------------------------ main
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="bundle or checkpoint; default: a random-init checkpoint of "
                                     "--size/--blocks made in a temporary folder")
@@ -299,97 +401,131 @@ def main(argv: list[str] | None = None) -> int:
                     help="interleaved model-alone / 1-client rounds")
     ap.add_argument("--threads", type=int, default=8, help="waitress threads")
     ap.add_argument("--images", type=int, default=32)
+    ap.add_argument("--hostile", type=int, default=0, metavar="CLIENTS",
+                    help="also run CLIENTS normal clients beside each hostile mix (thin PNG, "
+                         "16-bit bomb, 120 slow connections) and check their p50 and errors")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/web_load_<backend>.json)")
     ap.add_argument("--note", default="", help="free text stored with the result")
     a = ap.parse_args(argv)
-    levels = [int(c) for c in a.clients.split(",") if c.strip()]
-    if not levels or min(levels) < 1 or max(levels) > 64:
+    a.levels = [int(c) for c in a.clients.split(",") if c.strip()]
+    if not a.levels or min(a.levels) < 1 or max(a.levels) > 64:
         ap.error("--clients: 1..64 each")
+    return a
 
-    from facesketch.sysinfo import machine, write_result
-    tmp = tempfile.TemporaryDirectory(prefix="web_load_")
-    model = a.model
-    model_note = f"given: {model}"
+
+def _model(a: argparse.Namespace, tmp: Path) -> tuple[str, str]:
+    """(model path to serve, how it was made)."""
+    model, note = a.model, f"given: {a.model}"
     if model is None:
-        model = str(random_checkpoint(a.size, a.blocks, Path(tmp.name) / "ckpt"))
-        model_note = f"random-init checkpoint, size {a.size}, {a.blocks} blocks, ngf 64"
+        model = str(random_checkpoint(a.size, a.blocks, tmp / "ckpt"))
+        note = f"random-init checkpoint, size {a.size}, {a.blocks} blocks, ngf 64"
     if a.export and not (Path(model) / "manifest.json").is_file():
         import shutil
         from export import export_bundle
         from training.checkpoint import resolve
         st = resolve(model)                   # read-only: copied, never written to
-        ck = Path(tmp.name) / "checkpoint"
+        ck = tmp / "checkpoint"
         ck.mkdir()
         shutil.copy2(st, ck / st.name)
         shutil.copy2(st.with_suffix(".json"), ck / st.with_suffix(".json").name)
         print(f"exporting {a.export} from a copy of {model} ...", flush=True)
-        model = str(export_bundle(ck, Path(tmp.name) / "bundle", formats=a.export,
-                                  speed_check=False))
-        model_note += f"; served as a bundle exported here ({a.export})"
-    images, images_note = load_inputs(a.images)
-    load_before = os.getloadavg()
+        model = str(export_bundle(ck, tmp / "bundle", formats=a.export, speed_check=False))
+        note += f"; served as a bundle exported here ({a.export})"
+    return model, note
 
-    print("loading the model in this process ...", flush=True)
-    alone = ModelAlone(model, a.backend, images)
-    batch_table = alone.batch_table([1, 2, 4, 8], max(1.0, a.model_seconds / 4))
-    tr_info = alone.tr.info()
 
-    port = free_port()
-    proc, log = start_server(model, a.backend, port, a.threads, Path(tmp.name) / "serve.log")
-    results = []
-    model_times: list[float] = []
-    try:
-        wait_healthy(port, proc, 300)
-        _, info = get_json(port, "/api/info")
-        bodies = [multipart(n, b) for n, b in images]
-        run_level(port, 1, min(2.0, a.seconds), 200, bodies)         # warm the server path
-        for clients in levels:
-            if clients == 1:
-                # Interleave the model alone and one web client in short rounds, so both
-                # see the same background load (this machine's CPU is shared).
-                print(f"1 client vs the model alone, {a.rounds} interleaved rounds of "
-                      f"{a.seconds / a.rounds:.1f} s each ...", flush=True)
-                parts = []
-                for _ in range(a.rounds):
-                    model_times += alone.run_for(a.model_seconds / a.rounds)
-                    parts.append(run_level(port, 1, a.seconds / a.rounds,
-                                           max(1, a.max_requests // a.rounds), bodies))
-                res = merge_levels(parts)
-            else:
-                print(f"{clients} client(s) for {a.seconds:.0f} s ...", flush=True)
-                res = run_level(port, clients, a.seconds, a.max_requests, bodies)
-            print(f"  {res['requests_per_s']} req/s, p50 {res['latency_ms']['p50']} ms, "
-                  f"p99 {res['latency_ms']['p99']} ms, errors {res['errors']}, "
-                  f"mean batch {res['mean_batch']}", flush=True)
-            results.append(res)
-    finally:
-        alone.close()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        log.close()
-    load_after = os.getloadavg()
+def _levels(a, port: int, alone: "ModelAlone", bodies) -> tuple[list[dict], list[float]]:
+    results, model_times = [], []
+    for clients in a.levels:
+        if clients == 1:
+            # Interleave the model alone and one web client in short rounds, so both
+            # see the same background load (this machine's CPU is shared).
+            print(f"1 client vs the model alone, {a.rounds} interleaved rounds of "
+                  f"{a.seconds / a.rounds:.1f} s each ...", flush=True)
+            parts = []
+            for _ in range(a.rounds):
+                model_times += alone.run_for(a.model_seconds / a.rounds)
+                parts.append(run_level(port, 1, a.seconds / a.rounds,
+                                       max(1, a.max_requests // a.rounds), bodies))
+            res = merge_levels(parts)
+        else:
+            print(f"{clients} client(s) for {a.seconds:.0f} s ...", flush=True)
+            res = run_level(port, clients, a.seconds, a.max_requests, bodies)
+        print(f"  {res['requests_per_s']} req/s, p50 {res['latency_ms']['p50']} ms, "
+              f"p99 {res['latency_ms']['p99']} ms, errors {res['errors']}, "
+              f"mean batch {res['mean_batch']}", flush=True)
+        results.append(res)
+    return results, model_times
 
+
+def _checks(results: list[dict], model_times: list[float]) -> dict[str, Any]:
     one = next((r for r in results if r["clients"] == 1), None)
     model_p50 = round(percentile([t * 1000 for t in model_times], 50), 2) if model_times else None
     overhead = round(one["latency_ms"]["p50"] - model_p50, 2) if one and model_p50 else None
     web_only = None
     if one:
         lat, srv = one["_raw"]
-        web_only = round(percentile([l * 1000 - m for l, m in zip(lat, srv)], 50), 2)
+        web_only = round(percentile([x * 1000 - m for x, m in zip(lat, srv)], 50), 2)
     eight = next((r for r in results if r["clients"] == 8), None)
     for r in results:
         r.pop("_raw", None)
+    return {
+        "model_alone_p50_ms": model_p50,
+        "one_client_p50_ms": one["latency_ms"]["p50"] if one else None,
+        "overhead_p50_ms_at_1_client": overhead,
+        "overhead_within_20_ms": overhead is not None and overhead <= 20.0,
+        "web_only_overhead_p50_ms": web_only,
+        "web_only_note": "per request: round trip minus the engine time the server reported "
+                         "(X-Latency-Ms) for that same request: HTTP, multipart, JPEG "
+                         "decode, queue, PNG encode",
+        "errors_at_8_clients": eight["errors"] if eight else None,
+    }
+
+
+def _stop(proc) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parse(argv)
+    from facesketch.sysinfo import machine, write_result
+    tmp = tempfile.TemporaryDirectory(prefix="web_load_")
+    model, model_note = _model(a, Path(tmp.name))
+    images, images_note = load_inputs(a.images)
+    load_before = os.getloadavg()
+    print("loading the model in this process ...", flush=True)
+    alone = ModelAlone(model, a.backend, images)
+    batch_table = alone.batch_table([1, 2, 4, 8], max(1.0, a.model_seconds / 4))
+    tr_info = alone.tr.info()
+    port = free_port()
+    proc, log = start_server(model, a.backend, port, a.threads, Path(tmp.name) / "serve.log")
+    hostile = None
+    try:
+        wait_healthy(port, proc, 300)
+        _, info = get_json(port, "/api/info")
+        bodies = [multipart(n, b) for n, b in images]
+        run_level(port, 1, min(2.0, a.seconds), 200, bodies)         # warm the server path
+        results, model_times = _levels(a, port, alone, bodies)
+        if a.hostile:
+            hostile = run_hostile(port, a.hostile, a.seconds, a.max_requests, bodies)
+    finally:
+        alone.close()
+        _stop(proc)
+        log.close()
+    checks = _checks(results, model_times)
     out = {
         "benchmark": "web_load",
         "model": model_note, "backend": alone.tr.backend, "image_size": alone.tr.image_size,
         "inputs": images_note,
-        "server": {"host": HOST, "waitress_threads": a.threads, "batcher": None,
-                   "backend": info.get("backend")},
+        "server": {"host": HOST, "waitress_threads": a.threads, "backend": info.get("backend"),
+                   "batcher": {k: info["config"][k] for k in ("batch_max_size", "batch_max_wait_ms",
+                                                              "batch_wait_policy", "queue_size")}},
         "model_alone": {
             "translate_ms": summary_ms(model_times),
             "note": "Translator.translate on a decoded RGB array (detect + fit + engine + unfit), "
@@ -399,32 +535,17 @@ def main(argv: list[str] | None = None) -> int:
             "translate_batch_photo2sketch_ms_per_image": batch_table,
             "info": tr_info,
         },
-        "levels": results,
-        "checks": {
-            "model_alone_p50_ms": model_p50,
-            "one_client_p50_ms": one["latency_ms"]["p50"] if one else None,
-            "overhead_p50_ms_at_1_client": overhead,
-            "overhead_within_20_ms": overhead is not None and overhead <= 20.0,
-            "web_only_overhead_p50_ms": web_only,
-            "web_only_note": "per request: round trip minus the engine time the server reported "
-                             "(X-Latency-Ms) for that same request: HTTP, multipart, JPEG "
-                             "decode, queue, PNG encode",
-            "errors_at_8_clients": eight["errors"] if eight else None,
-        },
+        "levels": results, "checks": checks, "hostile": hostile,
         "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in load_after],
-        "note": a.note,
-        "machine": machine(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "note": a.note, "machine": machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    out["server"]["batcher"] = {k: info["config"][k] for k in
-                                ("batch_max_size", "batch_max_wait_ms", "batch_wait_policy",
-                                 "queue_size")}
     path = Path(a.out) if a.out else REPO / "benchmarks" / "results" / f"web_load_{alone.tr.backend}.json"
     write_result(out, path)
-    print(f"1-client p50 {out['checks']['one_client_p50_ms']} ms vs model alone {model_p50} ms: "
-          f"overhead {overhead} ms (web-only {web_only} ms); "
-          f"errors at 8 clients: {out['checks']['errors_at_8_clients']}")
+    print(f"1-client p50 {checks['one_client_p50_ms']} ms vs model alone "
+          f"{checks['model_alone_p50_ms']} ms: overhead {checks['overhead_p50_ms_at_1_client']} ms "
+          f"(web-only {checks['web_only_overhead_p50_ms']} ms); errors at 8 clients: "
+          f"{checks['errors_at_8_clients']}")
     print(f"wrote {path}")
     tmp.cleanup()
     return 0

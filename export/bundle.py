@@ -193,30 +193,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike,
                         speed_check=speed_check, parity_images=parity_images,
                         checkpoint_sha256=sha256_file(st))
     try:
-        entries, skipped, refused = [], {}, {}
-        for name in names:
-            done = []
-            try:
-                for direction in DIRECTIONS:
-                    done.append(run_format(ctx, name, direction))
-            except FormatSkipped as exc:
-                skipped[name] = _one_line(exc)
-                log.info("%-13s skipped: %s", name, skipped[name])
-            except ParityError as exc:
-                if explicit:
-                    raise
-                refused[name] = str(exc)
-                log.error("%s", exc)
-            else:
-                entries += done
-                continue
-            for f in _owned_files(ctx, name):
-                f.unlink(missing_ok=True)
-            if name == "onnx":  # derived formats must not start from a removed file
-                ctx.forget_onnx_files()
-        if not entries:
-            raise ExportError("no format could be exported: "
-                              + "; ".join(f"{k}: {v}" for k, v in {**skipped, **refused}.items()))
+        entries, skipped, refused = _export_formats(ctx, names, explicit)
         for e in entries:  # hashes last: shared companions (timing cache) are final only now
             e["sha256"] = sha256_file(tmp / e["path"])
             e["bytes"] = (tmp / e["path"]).stat().st_size
@@ -225,19 +202,54 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike,
                 c["bytes"] = (tmp / c["path"]).stat().st_size
         manifest = _manifest(ctx, cfg, st, entries, skipped, refused, time.perf_counter() - t_all)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old{os.getpid()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _replace_folder(tmp, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("bundle %s: %d files, %s skipped, %s refused", out, len(entries),
              len(skipped), len(refused))
     return out
+
+
+def _export_formats(ctx: ExportContext, names: list[str],
+                    explicit: bool) -> tuple[list[dict], dict[str, str], dict[str, str]]:
+    """(manifest entries, skipped format -> why, refused format -> parity error)."""
+    entries, skipped, refused = [], {}, {}
+    for name in names:
+        done = []
+        try:
+            for direction in DIRECTIONS:
+                done.append(run_format(ctx, name, direction))
+        except FormatSkipped as exc:
+            skipped[name] = _one_line(exc)
+            log.info("%-13s skipped: %s", name, skipped[name])
+        except ParityError as exc:
+            if explicit:
+                raise
+            refused[name] = str(exc)
+            log.error("%s", exc)
+        else:
+            entries += done
+            continue
+        for f in _owned_files(ctx, name):
+            f.unlink(missing_ok=True)
+        if name == "onnx":  # derived formats must not start from a removed file
+            ctx.forget_onnx_files()
+    if not entries:
+        raise ExportError("no format could be exported: "
+                          + "; ".join(f"{k}: {v}" for k, v in {**skipped, **refused}.items()))
+    return entries, skipped, refused
+
+
+def _replace_folder(new: Path, out: Path) -> None:
+    """Put the finished bundle in place (the old one, if any, goes only after)."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old{os.getpid()}"
+        os.replace(out, old)
+    os.replace(new, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _manifest(ctx: ExportContext, cfg: dict, st: Path, entries: list[dict], skipped: dict,

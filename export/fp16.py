@@ -42,6 +42,21 @@ def _float_tensors(model: onnx.ModelProto) -> set[str]:
     return names
 
 
+def _outputs_to_fp32(g, nodes: list, produced: dict[str, int]) -> None:
+    """Graph outputs stay float32: an fp16 output gets a Cast back (appended to ``nodes``)."""
+    for o in g.output:
+        if produced.get(o.name) == HALF:
+            inner = f"{o.name}__fp16"
+            for n in nodes:
+                for i, name in enumerate(n.output):
+                    if name == o.name:
+                        n.output[i] = inner
+                for i, name in enumerate(n.input):
+                    if name == o.name:
+                        n.input[i] = inner
+            nodes.append(helper.make_node("Cast", [inner], [o.name], to=FLOAT, name=f"cast_{o.name}"))
+
+
 def convert_to_fp16(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = ("InstanceNormalization", "Tanh"),
                     ) -> onnx.ModelProto:
     """Return a copy of ``model`` in fp16 with ``keep_fp32`` op types left in fp32."""
@@ -108,18 +123,7 @@ def convert_to_fp16(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = ("Insta
         rewritten.extend(new_nodes)
         new_nodes.clear()
         rewritten.append(n)
-    # Outputs stay float32.
-    for o in g.output:
-        if produced.get(o.name) == HALF:
-            inner = f"{o.name}__fp16"
-            for n in rewritten:
-                for i, name in enumerate(n.output):
-                    if name == o.name:
-                        n.output[i] = inner
-                for i, name in enumerate(n.input):
-                    if name == o.name:
-                        n.input[i] = inner
-            rewritten.append(helper.make_node("Cast", [inner], [o.name], to=FLOAT, name=f"cast_{o.name}"))
+    _outputs_to_fp32(g, rewritten, produced)
     del g.node[:]
     g.node.extend(rewritten)
     del g.value_info[:]

@@ -44,10 +44,7 @@ def _wanted(spec: B.BackendSpec, only: list[str] | None) -> bool:
     return not only or spec.name in only or spec.format in only
 
 
-def run_bench(model: str | Path, backends: Iterable[str] | None = None,
-              batch_sizes: Iterable[int] = (1, 8), json_out: str | Path | None = None,
-              runs: int = 20, device: str = "auto", echo: Callable[[str], None] = print) -> dict[str, Any]:
-    from .translator import _BundleSource
+def _check_names(backends: Iterable[str] | None) -> list[str] | None:
     only = [b.strip() for b in backends if b.strip()] if backends else None
     if only:
         known = set(B.BACKENDS) | {s.format for s in B.BACKENDS.values()}
@@ -55,15 +52,14 @@ def run_bench(model: str | Path, backends: Iterable[str] | None = None,
         if bad:
             raise ValueError(f"unknown backend(s) {', '.join(bad)}; known: {', '.join(B.BACKENDS)} "
                              "(or a format name)")
-    bundle = Bundle.load(model)
-    src = _BundleSource(bundle)
-    size, probe_dir = bundle.image_size, bundle.directions[0]
-    flops = generator_flops(bundle.arch(), size) if bundle.arch() else None
-    batch_sizes = sorted({int(b) for b in batch_sizes if int(b) >= 1})
+    return only
 
-    # fp32 matmul peak, measured before any engine is loaded (no idle engine threads) and
-    # again at the end; the better of the two is the machine's peak in this run.
-    peak_first = sysinfo.numpy_matmul_peak(seconds=2.0)
+
+def _load_backends(bundle: Bundle, device: str, only: list[str] | None,
+                   echo: Callable[[str], None]) -> tuple[dict, dict, dict]:
+    """(loaded backends, skipped name -> reason, load seconds) for the bundle's formats."""
+    from .translator import _BundleSource
+    src, probe_dir = _BundleSource(bundle), bundle.directions[0]
     loaded, skipped, load_s = {}, {}, {}
     for fmt in bundle.formats:
         for spec in B.for_format(fmt, device):
@@ -84,53 +80,95 @@ def run_bench(model: str | Path, backends: Iterable[str] | None = None,
         raise RuntimeError("nothing to benchmark: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     for name in skipped:
         echo(f"skipped {name}: {skipped[name]}")
+    return loaded, skipped, load_s
 
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
-    x1 = select.probe_input(size)
-    lat = select.time_interleaved({n: b.run for n, b in loaded.items()}, x1, warmup=3,
-                                  rounds=runs, budget_s=max(30.0, runs * 2.0), min_rounds=min(runs, 5))
-    ref_name = next((n for n in ("torch-cpu", "ort-cpu", "openvino-cpu", "torch-cuda") if n in loaded), None)
-    ref_out = loaded[ref_name].run(x1) if ref_name else None
 
+def _throughput(loaded: dict, bundle: Bundle, batch_sizes: list[int],
+                echo: Callable[[str], None]) -> dict[str, dict[int, float]]:
     thr: dict[str, dict[int, float]] = {n: {} for n in loaded}
     for b in batch_sizes:
         if b > bundle.max_batch:
             echo(f"batch {b} exceeds the bundle's max batch {bundle.max_batch}; skipped")
             continue
-        xb = select.probe_input(size, b)
+        xb = select.probe_input(bundle.image_size, b)
         reps = max(3, min(10, math.ceil(16 / b)))
         smp = select.time_interleaved({n: bk.run for n, bk in loaded.items()}, xb, warmup=1,
                                       rounds=reps, budget_s=60.0, min_rounds=2)
         for n, v in smp.items():
             thr[n][b] = b / (float(np.median(v)) / 1000.0)
+    return thr
 
-    rows = []
-    for n, bk in loaded.items():
-        spec = B.BACKENDS[n]
-        entry = bundle.entry(spec.format, probe_dir)
-        par = entry.get("parity", {})
-        v = np.asarray(lat[n])
-        p50, p95 = float(np.percentile(v, 50)), float(np.percentile(v, 95))
-        live = None
-        if ref_out is not None and n != ref_name:
-            mse = float(np.mean((bk.run(x1).astype(np.float64) - ref_out) ** 2))
-            live = 200.0 if mse == 0 else round(min(200.0, 10 * math.log10(4.0 / mse)), 2)
-        best_thr = max(thr[n].values()) if thr[n] else 1000.0 / p50
-        rows.append({
-            "backend": n, "format": spec.format, "device": spec.device, "precision": spec.precision,
-            "file_mb": round((entry.get("bytes", 0) + sum(c.get("bytes", 0) for c in entry.get("companions", [])
-                                                         if c.get("role") != "onnx-source")) / 1e6, 2),
-            "parity_psnr_db": par.get("psnr_db"), "parity_backend": par.get("backend"),
-            "live_psnr_db_vs_" + (ref_name or "none"): live,
-            "load_s": round(load_s[n], 3),
-            "p50_ms": round(p50, 3), "p95_ms": round(p95, 3), "samples": len(v),
-            "throughput_img_s": {str(b): round(t, 2) for b, t in thr[n].items()},
-            "gflops_batch1": round(flops / (p50 / 1000.0) / 1e9, 2) if flops else None,
-            "gflops_best": round(flops * best_thr / 1e9, 2) if flops else None,
-            "peak_share_batch1": None, "peak_share_best": None,  # filled in below
-        })
-    rows.sort(key=lambda r: r["p50_ms"])
 
+def _row(n: str, bk: Any, bundle: Bundle, lat: list[float], thr: dict[int, float], load_s: float,
+         flops: int | None, ref: tuple[str | None, Any, Any]) -> dict[str, Any]:
+    spec = B.BACKENDS[n]
+    entry = bundle.entry(spec.format, bundle.directions[0])
+    par = entry.get("parity", {})
+    v = np.asarray(lat)
+    p50, p95 = float(np.percentile(v, 50)), float(np.percentile(v, 95))
+    ref_name, ref_out, x1 = ref
+    live = None
+    if ref_out is not None and n != ref_name:
+        mse = float(np.mean((bk.run(x1).astype(np.float64) - ref_out) ** 2))
+        live = 200.0 if mse == 0 else round(min(200.0, 10 * math.log10(4.0 / mse)), 2)
+    best_thr = max(thr.values()) if thr else 1000.0 / p50
+    return {
+        "backend": n, "format": spec.format, "device": spec.device, "precision": spec.precision,
+        "file_mb": round((entry.get("bytes", 0) + sum(c.get("bytes", 0) for c in entry.get("companions", [])
+                                                     if c.get("role") != "onnx-source")) / 1e6, 2),
+        "parity_psnr_db": par.get("psnr_db"), "parity_backend": par.get("backend"),
+        "live_psnr_db_vs_" + (ref_name or "none"): live,
+        "load_s": round(load_s, 3),
+        "p50_ms": round(p50, 3), "p95_ms": round(p95, 3), "samples": len(v),
+        "throughput_img_s": {str(b): round(t, 2) for b, t in thr.items()},
+        "gflops_batch1": round(flops / (p50 / 1000.0) / 1e9, 2) if flops else None,
+        "gflops_best": round(flops * best_thr / 1e9, 2) if flops else None,
+        "peak_share_batch1": None, "peak_share_best": None,  # filled in once the peak is known
+    }
+
+
+def _targets(rows: list[dict[str, Any]], pick_name: str) -> dict[str, Any]:
+    fastest = rows[0]
+    pick = next(r for r in rows if r["backend"] == pick_name)
+    fast30 = [r for r in rows if (r["parity_psnr_db"] or 0) >= 30.0]
+    torch_row = next((r for r in rows if r["backend"] == "torch-cpu"), None)
+    targets = {
+        "auto_pick": pick_name, "auto_pick_p50_ms": pick["p50_ms"], "fastest": fastest["backend"],
+        "fastest_p50_ms": fastest["p50_ms"],
+        "auto_vs_fastest": round(pick["p50_ms"] / fastest["p50_ms"], 3),
+        "auto_within_10pct": pick["p50_ms"] <= 1.10 * fastest["p50_ms"],
+    }
+    if fast30 and torch_row:
+        targets.update({"fastest_30db": fast30[0]["backend"], "torch_eager_fp32_p50_ms": torch_row["p50_ms"],
+                        "speedup_vs_torch_eager": round(torch_row["p50_ms"] / fast30[0]["p50_ms"], 3),
+                        "speedup_at_least_2x": torch_row["p50_ms"] >= 2.0 * fast30[0]["p50_ms"]})
+    return targets
+
+
+def run_bench(model: str | Path, backends: Iterable[str] | None = None,
+              batch_sizes: Iterable[int] = (1, 8), json_out: str | Path | None = None,
+              runs: int = 20, device: str = "auto", echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every loadable backend of a bundle: latency at batch 1 (interleaved rounds),
+    throughput per batch size, parity, achieved FLOP/s against the matmul peak measured
+    in the same run, and the auto-selection's pick; a table on ``echo``, JSON on disk."""
+    only = _check_names(backends)
+    bundle = Bundle.load(model)
+    size, probe_dir = bundle.image_size, bundle.directions[0]
+    flops = generator_flops(bundle.arch(), size) if bundle.arch() else None
+    batch_sizes = sorted({int(b) for b in batch_sizes if int(b) >= 1})
+    # fp32 matmul peak, measured before any engine is loaded (no idle engine threads) and
+    # again at the end; the better of the two is the machine's peak in this run.
+    peak_first = sysinfo.numpy_matmul_peak(seconds=2.0)
+    loaded, skipped, load_s = _load_backends(bundle, device, only, echo)
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    x1 = select.probe_input(size)
+    lat = select.time_interleaved({n: b.run for n, b in loaded.items()}, x1, warmup=3,
+                                  rounds=runs, budget_s=max(30.0, runs * 2.0), min_rounds=min(runs, 5))
+    ref_name = next((n for n in ("torch-cpu", "ort-cpu", "openvino-cpu", "torch-cuda") if n in loaded), None)
+    ref = (ref_name, loaded[ref_name].run(x1) if ref_name else None, x1)
+    thr = _throughput(loaded, bundle, batch_sizes, echo)
+    rows = sorted((_row(n, bk, bundle, lat[n], thr[n], load_s[n], flops, ref) for n, bk in loaded.items()),
+                  key=lambda r: r["p50_ms"])
     sel, _ = select.choose({n: (lambda b=b: b) for n, b in loaded.items()}, bundle.hash, size, device,
                            use_cache=False, skipped=skipped)
     for b in loaded.values():
@@ -141,20 +179,6 @@ def run_bench(model: str | Path, backends: Iterable[str] | None = None,
         if flops:
             r["peak_share_batch1"] = round(r["gflops_batch1"] * 1e9 / peak, 4)
             r["peak_share_best"] = round(r["gflops_best"] * 1e9 / peak, 4)
-    fastest = rows[0]
-    pick = next(r for r in rows if r["backend"] == sel.backend)
-    fast30 = [r for r in rows if (r["parity_psnr_db"] or 0) >= 30.0]
-    torch_row = next((r for r in rows if r["backend"] == "torch-cpu"), None)
-    targets = {
-        "auto_pick": sel.backend, "auto_pick_p50_ms": pick["p50_ms"], "fastest": fastest["backend"],
-        "fastest_p50_ms": fastest["p50_ms"],
-        "auto_vs_fastest": round(pick["p50_ms"] / fastest["p50_ms"], 3),
-        "auto_within_10pct": pick["p50_ms"] <= 1.10 * fastest["p50_ms"],
-    }
-    if fast30 and torch_row:
-        targets.update({"fastest_30db": fast30[0]["backend"], "torch_eager_fp32_p50_ms": torch_row["p50_ms"],
-                        "speedup_vs_torch_eager": round(torch_row["p50_ms"] / fast30[0]["p50_ms"], 3),
-                        "speedup_at_least_2x": torch_row["p50_ms"] >= 2.0 * fast30[0]["p50_ms"]})
     result = {
         "kind": "facesketch-bench", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": sysinfo.machine(), "matmul_peak_gflops": round(peak / 1e9, 2),
@@ -171,7 +195,7 @@ def run_bench(model: str | Path, backends: Iterable[str] | None = None,
         "method": {"latency": f"batch 1, {runs} interleaved rounds after 3 warm-ups, p50/p95",
                    "throughput": "median of interleaved rounds per batch size",
                    "flops": "2 x conv MACs, analytic (runtime.flops)", "peak": "numpy fp32 GEMM 1024^3"},
-        "backends": rows, "skipped": skipped, "auto": sel.to_dict(), "targets": targets,
+        "backends": rows, "skipped": skipped, "auto": sel.to_dict(), "targets": _targets(rows, sel.backend),
     }
     echo(format_table(result))
     if json_out is not None:

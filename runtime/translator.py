@@ -137,6 +137,59 @@ class _CheckpointSource:
 
 
 # ------------------------------------------------------------------ translator
+def _formats_for(source, backend: str) -> list[str]:
+    if backend == "auto":
+        return list(source.formats)
+    if backend in FORMATS:
+        if backend not in source.formats:
+            raise ValueError(f"this {source.kind} has no {backend} files "
+                             f"(formats: {', '.join(source.formats)})")
+        return [backend]
+    raise ValueError(f"unknown backend {backend!r}; use auto, a backend "
+                     f"({', '.join(B.BACKENDS)}) or a format ({', '.join(FORMATS)})")
+
+
+def _candidates(source, formats: list[str], device: str,
+                allow_partial: bool) -> tuple[dict[str, Any], dict[str, str]]:
+    """(backend name -> loader, skipped name -> why) among ``formats``: available here,
+    passed parity at export, files intact (a damaged file raises BundleError unless
+    ``allow_partial``, see Translator.load)."""
+    probe_dir = source.directions[0]
+    candidates, skipped = {}, {}
+    damaged: dict[str, BundleError] = {}     # format -> its integrity error
+    checked: set[str] = set()
+    for fmt in formats:
+        for spec in B.for_format(fmt, device, auto_only=True):
+            ok, why = spec.available()
+            if not ok:
+                skipped[spec.name] = why
+                continue
+            parity = source.parity(spec, probe_dir)
+            if parity and parity.get("passed") is False:
+                skipped[spec.name] = f"parity failed at export ({parity.get('psnr_db')} dB)"
+                continue
+            if fmt not in checked:
+                checked.add(fmt)
+                try:
+                    source.verify(fmt)
+                except BundleError as exc:
+                    damaged[fmt] = exc
+            if fmt in damaged:
+                skipped[spec.name] = f"damaged bundle file: {damaged[fmt]}"
+                continue
+            candidates[spec.name] = (lambda s=spec: source.create(s, probe_dir).load())
+    if damaged:
+        errors = "; ".join(str(e) for e in damaged.values())
+        intact = ", ".join(candidates) or "none"
+        if not allow_partial:
+            raise BundleError(
+                f"{errors}. Not falling back to another engine; to run the intact ones "
+                f"({intact}) anyway, pass allow_partial=True (--allow-partial)")
+        log.warning("allow_partial: leaving out the %s engine(s) (%s); running the intact "
+                    "ones: %s", ", ".join(damaged), errors, intact)
+    return candidates, skipped
+
+
 class Translator:
     def __init__(self, source, spec: B.BackendSpec, sessions: dict[str, B.Backend],
                  selection: select.Selection | None, device: str):
@@ -182,64 +235,11 @@ class Translator:
             spec = B.BACKENDS["triton"]
             probe = source.directions[0]
             return cls(source, spec, {probe: source.create(spec, probe).load()}, None, device)
-        probe_dir = source.directions[0]
 
         if backend != "auto" and backend in B.BACKENDS:
-            spec = B.BACKENDS[backend]
-            if spec.format not in source.formats:
-                raise ValueError(f"backend {backend} runs the {spec.format} format, which this "
-                                 f"{source.kind} lacks (formats: {', '.join(source.formats)})")
-            if device not in ("auto", spec.device):
-                raise ValueError(f"backend {backend} runs on {spec.device}, not {device}")
-            ok, why = spec.available()
-            if not ok:
-                raise RuntimeError(f"backend {backend} is not available here: {why}")
-            session = source.create(spec, probe_dir).load()
-            return cls(source, spec, {probe_dir: session}, None, device)
-
-        if backend == "auto":
-            formats = source.formats
-        elif backend in FORMATS:
-            if backend not in source.formats:
-                raise ValueError(f"this {source.kind} has no {backend} files "
-                                 f"(formats: {', '.join(source.formats)})")
-            formats = [backend]
-        else:
-            raise ValueError(f"unknown backend {backend!r}; use auto, a backend "
-                             f"({', '.join(B.BACKENDS)}) or a format ({', '.join(FORMATS)})")
-
-        candidates, skipped = {}, {}
-        damaged: dict[str, BundleError] = {}     # format -> its integrity error
-        checked: set[str] = set()
-        for fmt in formats:
-            for spec in B.for_format(fmt, device, auto_only=True):
-                ok, why = spec.available()
-                if not ok:
-                    skipped[spec.name] = why
-                    continue
-                parity = source.parity(spec, probe_dir)
-                if parity and parity.get("passed") is False:
-                    skipped[spec.name] = f"parity failed at export ({parity.get('psnr_db')} dB)"
-                    continue
-                if fmt not in checked:
-                    checked.add(fmt)
-                    try:
-                        source.verify(fmt)
-                    except BundleError as exc:
-                        damaged[fmt] = exc
-                if fmt in damaged:
-                    skipped[spec.name] = f"damaged bundle file: {damaged[fmt]}"
-                    continue
-                candidates[spec.name] = (lambda s=spec: source.create(s, probe_dir).load())
-        if damaged:
-            errors = "; ".join(str(e) for e in damaged.values())
-            intact = ", ".join(candidates) or "none"
-            if not allow_partial:
-                raise BundleError(
-                    f"{errors}. Not falling back to another engine; to run the intact ones "
-                    f"({intact}) anyway, pass allow_partial=True (--allow-partial)")
-            log.warning("allow_partial: leaving out the %s engine(s) (%s); running the intact "
-                        "ones: %s", ", ".join(damaged), errors, intact)
+            return cls._load_named(source, backend, device)
+        candidates, skipped = _candidates(source, _formats_for(source, backend), device,
+                                          allow_partial)
         if not candidates:
             raise RuntimeError(f"no backend can run {p} here (device {device}): "
                                + "; ".join(f"{n}: {w}" for n, w in skipped.items()))
@@ -255,7 +255,23 @@ class Translator:
         for name, b in loaded.items():
             if name != sel.backend:
                 b.close()
-        return cls(source, B.BACKENDS[sel.backend], {probe_dir: loaded[sel.backend]}, sel, device)
+        return cls(source, B.BACKENDS[sel.backend], {source.directions[0]: loaded[sel.backend]},
+                   sel, device)
+
+    @classmethod
+    def _load_named(cls, source, backend: str, device: str) -> "Translator":
+        """One backend asked for by name: its own files, checked as they are first used."""
+        spec = B.BACKENDS[backend]
+        if spec.format not in source.formats:
+            raise ValueError(f"backend {backend} runs the {spec.format} format, which this "
+                             f"{source.kind} lacks (formats: {', '.join(source.formats)})")
+        if device not in ("auto", spec.device):
+            raise ValueError(f"backend {backend} runs on {spec.device}, not {device}")
+        ok, why = spec.available()
+        if not ok:
+            raise RuntimeError(f"backend {backend} is not available here: {why}")
+        probe_dir = source.directions[0]
+        return cls(source, spec, {probe_dir: source.create(spec, probe_dir).load()}, None, device)
 
     # ---------------------------------------------------------------- properties
     @property

@@ -673,7 +673,8 @@ def train(cfg: TrainConfig) -> Path:
                 dist.destroy_process_group()
 
 
-def _train(run: Run) -> Path:
+def _start(run: Run) -> None:
+    """Check the run folder, load data, build (or resume) and wrap the networks."""
     cfg = run.cfg
     if run.master:
         state_file = run.out / ckpt.STATE_FILE
@@ -694,6 +695,96 @@ def _train(run: Run) -> Path:
         log.info("device %s, precision %s, compile %s, channels_last %s, batch %d, world %d",
                  run.device, run.precision, cfg.compile, run.channels_last, cfg.batch_size, run.world)
     run.last_save = time.monotonic()
+
+
+class _LossLog:
+    """Step losses summed on the device and read back every ``log_every`` steps (the one
+    host sync), to log.jsonl and the progress bar; also the epoch's mean."""
+
+    def __init__(self, run: Run, lr: float, log_file, bar):
+        self.run, self.lr, self.file, self.bar = run, lr, log_file, bar
+        self.window = torch.zeros(len(LOSS_NAMES), device=run.device)
+        self.epoch = torch.zeros(len(LOSS_NAMES), device=run.device)
+        self.n_window = self.n_epoch = 0
+        self.t_window = time.perf_counter()
+
+    def add(self, losses: torch.Tensor) -> None:
+        run = self.run
+        self.window += losses
+        self.n_window += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.n_window == run.cfg.log_every or run.step_in_epoch == run.steps_per_epoch:
+            self.flush()
+
+    def flush(self) -> None:
+        run = self.run
+        vals = (self.window / self.n_window).tolist()
+        self.epoch += self.window
+        self.n_epoch += self.n_window
+        now = time.perf_counter()
+        rec = {"epoch": run.epoch, "global_step": run.global_step, "lr": self.lr,
+               "it_s": self.n_window / max(now - self.t_window, 1e-9),
+               "losses": dict(zip(LOSS_NAMES, [round(v, 5) for v in vals]))}
+        if self.file:
+            self.file.write(json.dumps(rec) + "\n")
+            self.file.flush()
+        if self.bar is not None:
+            self.bar.set_postfix(G=f"{vals[G_INDEX]:.3f}",
+                                 D=f"{vals[G_INDEX + 1] + vals[G_INDEX + 2]:.3f}", epoch=run.epoch)
+        self.window.zero_()
+        self.n_window, self.t_window = 0, now
+
+    def epoch_means(self) -> dict[str, float]:
+        mean = (self.epoch / max(self.n_epoch, 1)).tolist()
+        return dict(zip(LOSS_NAMES, [round(v, 5) for v in mean]))
+
+
+def _set_lr(run: Run) -> float:
+    lr = run.cfg.lr * lr_factor(run.epoch, run.cfg.epochs)
+    for opt in (run.opt_G, run.opt_D):
+        for g in opt.param_groups:
+            g["lr"] = lr
+    return lr
+
+
+def _run_epoch(run: Run, intr: "_Interrupt", losses: _LossLog) -> bool:
+    """The steps left in this epoch; True when asked to stop (max_steps, Ctrl-C, a rank's vote)."""
+    cfg = run.cfg
+    order_A, order_B = run.orders(run.epoch)
+    while run.step_in_epoch < run.steps_per_epoch:
+        real_A, real_B, paired = run.batches(order_A, order_B, run.step_in_epoch)
+        step_losses = run.train_step(real_A, real_B, paired)
+        run.step_in_epoch += 1
+        run.global_step += 1
+        losses.add(step_losses)
+        if cfg.max_steps is not None and run.global_step >= cfg.max_steps:
+            return True
+        if run.agree_stop(intr.requested):
+            return True
+        if time.monotonic() - run.last_save > cfg.checkpoint_minutes * 60:
+            run.save("periodic")
+    return False
+
+
+def _close_epoch(run: Run, losses: _LossLog, t_epoch: float) -> None:
+    """Validation, samples and best/ (rank 0), the end-of-epoch checkpoint, and after the
+    last epoch the detector refit (it travels in the checkpoint config)."""
+    if run.master:
+        run.end_of_epoch(losses.epoch_means(), time.perf_counter() - t_epoch)
+    run.epoch += 1
+    run.step_in_epoch = 0
+    run.save("end of epoch")
+    if run.epoch == run.cfg.epochs and run.master and run.fit_detector():
+        ckpt.save_model(run.out, run.G_A, run.G_B, run.model_config())
+        if (run.out / "best" / ckpt.MODEL_FILE).is_file():
+            ckpt.add_detector(run.out / "best", run.detector)
+
+
+def _train(run: Run) -> Path:
+    """The training loop: epochs of steps until done or asked to stop (then a checkpoint)."""
+    cfg = run.cfg
+    _start(run)
     total_steps = cfg.epochs * run.steps_per_epoch
     log_file = open(run.out / "log.jsonl", "a") if run.master else None
     bar = None
@@ -701,67 +792,17 @@ def _train(run: Run) -> Path:
         from tqdm import tqdm
         bar = tqdm(total=total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps),
                    initial=run.global_step, unit="it", dynamic_ncols=True, mininterval=1.0)
-    stopped = False
     try:
         with _Interrupt() as intr:
+            stopped = False
             while run.epoch < cfg.epochs and not stopped:
-                lr = cfg.lr * lr_factor(run.epoch, cfg.epochs)
-                for opt in (run.opt_G, run.opt_D):
-                    for g in opt.param_groups:
-                        g["lr"] = lr
-                order_A, order_B = run.orders(run.epoch)
-                loss_sum = torch.zeros(len(LOSS_NAMES), device=run.device)
-                epoch_sum = torch.zeros(len(LOSS_NAMES), device=run.device)
-                n_sum, n_epoch, t_epoch, t_log = 0, 0, time.perf_counter(), time.perf_counter()
-                while run.step_in_epoch < run.steps_per_epoch:
-                    real_A, real_B, paired = run.batches(order_A, order_B, run.step_in_epoch)
-                    losses = run.train_step(real_A, real_B, paired)
-                    loss_sum += losses
-                    n_sum += 1
-                    run.step_in_epoch += 1
-                    run.global_step += 1
-                    if bar is not None:
-                        bar.update(1)
-                    if n_sum == cfg.log_every or run.step_in_epoch == run.steps_per_epoch:
-                        vals = (loss_sum / n_sum).tolist()  # the one host sync per log_every steps
-                        epoch_sum += loss_sum
-                        n_epoch += n_sum
-                        now = time.perf_counter()
-                        rec = {"epoch": run.epoch, "global_step": run.global_step, "lr": lr,
-                               "it_s": n_sum / max(now - t_log, 1e-9),
-                               "losses": dict(zip(LOSS_NAMES, [round(v, 5) for v in vals]))}
-                        if log_file:
-                            log_file.write(json.dumps(rec) + "\n")
-                            log_file.flush()
-                        if bar is not None:
-                            bar.set_postfix(G=f"{vals[G_INDEX]:.3f}",
-                                            D=f"{vals[G_INDEX + 1] + vals[G_INDEX + 2]:.3f}",
-                                            epoch=run.epoch)
-                        loss_sum.zero_()
-                        n_sum, t_log = 0, now
-                    if cfg.max_steps is not None and run.global_step >= cfg.max_steps:
-                        stopped = True
-                        break
-                    if run.agree_stop(intr.requested):
-                        stopped = True
-                        break
-                    if time.monotonic() - run.last_save > cfg.checkpoint_minutes * 60:
-                        run.save("periodic")
+                losses = _LossLog(run, _set_lr(run), log_file, bar)
+                t_epoch = time.perf_counter()
+                stopped = _run_epoch(run, intr, losses)
                 if stopped and run.step_in_epoch < run.steps_per_epoch:
                     run.save("stopped mid-epoch" if not intr.requested else "interrupted")
                     break
-                if run.master:
-                    n_epoch = max(n_epoch, 1)
-                    run.end_of_epoch(dict(zip(LOSS_NAMES, [round(v, 5) for v in (epoch_sum / n_epoch).tolist()])),
-                                     time.perf_counter() - t_epoch)
-                run.epoch += 1
-                run.step_in_epoch = 0
-                run.save("end of epoch")
-                if run.epoch == cfg.epochs and run.master and run.fit_detector():
-                    # The detector travels in the checkpoint config: rewrite the model files.
-                    ckpt.save_model(run.out, run.G_A, run.G_B, run.model_config())
-                    if (run.out / "best" / ckpt.MODEL_FILE).is_file():
-                        ckpt.add_detector(run.out / "best", run.detector)
+                _close_epoch(run, losses, t_epoch)
     finally:
         if bar is not None:
             bar.close()

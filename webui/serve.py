@@ -305,10 +305,12 @@ def serve(config: WebConfig, host: str = "127.0.0.1", port: int = 5000, threads:
             say("stopping: there is nothing to serve (fix the model and start again)")
             server.trigger.pull_trigger(lambda: _stop(server))   # run in the server's thread
 
-    threading.Thread(target=report, name="facesketch-ready", daemon=True).start()
+    helpers = [threading.Thread(target=report, name="facesketch-ready", daemon=True)]
     if share:
-        threading.Thread(target=open_tunnel, args=(actual, say, token), name="facesketch-share",
-                         daemon=True).start()
+        helpers.append(threading.Thread(target=open_tunnel, args=(actual, say, token),
+                                        name="facesketch-share", daemon=True))
+    for t in helpers:
+        t.start()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm)   # `kill` stops as cleanly as Ctrl+C
     say("press Ctrl+C to stop")
@@ -319,6 +321,10 @@ def serve(config: WebConfig, host: str = "127.0.0.1", port: int = 5000, threads:
     finally:
         server.close()
         holder.close()
+        # a helper still printing while the interpreter exits aborts it (SIGABRT on the
+        # stdout lock): let them finish their message first
+        for t in helpers:
+            t.join(timeout=30)
         if share:
             close_share()
     say("stopped")
