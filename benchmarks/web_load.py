@@ -345,35 +345,49 @@ def slow_connections(port: int, n: int, stop: threading.Event, counts: dict) -> 
             s.close()
 
 
+def _attack(port: int, mix: str, slow: int, stop, queue) -> None:
+    """In a process of its own (an attacker is another client, not a thread sharing the
+    measuring clients' interpreter): run one hostile mix until ``stop``."""
+    counts: dict = {}
+    ev = threading.Event()
+    hostile = hostile_bodies()
+    if mix in hostile:
+        t = threading.Thread(target=attacker, args=(port, hostile[mix], ev, counts), daemon=True)
+    else:
+        t = threading.Thread(target=slow_connections, args=(port, slow, ev, counts), daemon=True)
+    t.start()
+    stop.wait()
+    ev.set()
+    t.join(30)
+    queue.put({str(k): v for k, v in counts.items()})
+
+
 def run_hostile(port: int, clients: int, seconds: float, max_requests: int,
                 bodies: list[tuple[bytes, str]], slow: int = 120) -> dict[str, Any]:
     """Normal clients alone, then beside each hostile mix; their p50 and errors each time."""
-    hostile = hostile_bodies()
-    mixes: dict[str, Any] = {"quiet": None, **{k: None for k in hostile},
-                             f"{slow}_slow_connections": None}
+    import multiprocessing as mp
+    mixes = ["quiet", *hostile_bodies(), f"{slow}_slow_connections"]
     out: dict[str, Any] = {}
     for mix in mixes:
-        stop, counts = threading.Event(), {}
-        if mix in hostile:
-            bad = threading.Thread(target=attacker, args=(port, hostile[mix], stop, counts), daemon=True)
-        elif mix != "quiet":
-            bad = threading.Thread(target=slow_connections, args=(port, slow, stop, counts), daemon=True)
-        else:
-            bad = None
-        if bad is not None:
-            bad.start()
-            time.sleep(1.0)
+        proc = None
+        if mix != "quiet":
+            stop, queue = mp.Event(), mp.Queue()
+            proc = mp.Process(target=_attack, args=(port, mix, slow, stop, queue), daemon=True)
+            proc.start()
+            time.sleep(1.5)
         print(f"{clients} normal client(s) beside: {mix} ...", flush=True)
         res = run_level(port, clients, seconds, max_requests, bodies)
-        stop.set()
-        if bad is not None:
-            bad.join(30)
+        counts = {}
+        if proc is not None:
+            stop.set()
+            counts = queue.get(timeout=60)
+            proc.join(30)
         res.pop("_raw", None)
         out[mix] = {"normal_p50_ms": res["latency_ms"]["p50"], "normal_p95_ms": res["latency_ms"]["p95"],
                     "normal_requests_per_s": res["requests_per_s"], "normal_errors": res["errors"],
-                    "hostile_answers": {str(k): v for k, v in counts.items()}}
+                    "hostile_answers": counts}
         print(f"  p50 {out[mix]['normal_p50_ms']} ms, {out[mix]['normal_requests_per_s']} req/s, "
-              f"errors {res['errors']}, hostile {out[mix]['hostile_answers']}", flush=True)
+              f"errors {res['errors']}, hostile {counts}", flush=True)
     quiet = out["quiet"]["normal_p50_ms"]
     out["checks"] = {mix: {"p50_ratio_to_quiet": round(v["normal_p50_ms"] / quiet, 2),
                            "within_2x": v["normal_p50_ms"] <= 2 * quiet,

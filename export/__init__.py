@@ -6,7 +6,7 @@
 
 from .bundle import export_bundle, parity, resolve_checkpoint, run_format
 from .context import ExportContext, ExportError, FormatSkipped, ParityError
-from .exporters import EXPORTERS
+from .exporters import exporter
 
 __all__ = ["export_bundle", "run_format", "parity", "resolve_checkpoint", "ExportContext",
-           "ExportError", "FormatSkipped", "ParityError", "EXPORTERS"]
+           "ExportError", "FormatSkipped", "ParityError", "exporter"]

@@ -30,7 +30,7 @@ from facesketch import sysinfo
 from facesketch.formats import DIRECTIONS, SOURCE_DOMAIN
 
 from .context import ExportContext, ExportError, FormatSkipped, ParityError, calibration_folders, quiet
-from .exporters import EXPORTERS
+from .exporters import exporter
 
 log = logging.getLogger("facesketch.export")
 BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST = "facesketch-bundle", 1, "manifest.json"
@@ -93,7 +93,7 @@ def run_format(ctx: ExportContext, name: str, direction: str) -> dict[str, Any]:
     out_path = ctx.out / f"{direction}{fmt.suffix}"
     t0 = time.perf_counter()
     try:
-        path = Path(EXPORTERS[name](ctx, direction, out_path))
+        path = Path(exporter(name)(ctx, direction, out_path))
     except (FormatSkipped, ExportError):
         raise
     except Exception as exc:

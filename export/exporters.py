@@ -223,15 +223,10 @@ def export_triton(ctx: ExportContext, direction: str, out_path: Path) -> Path:
     return write(ctx, direction, out_path)
 
 
-# One registry, keyed by the format names of facesketch.formats.FORMATS.
-EXPORTERS: dict[str, Exporter] = {
-    "onnx": export_onnx,
-    "onnx-fp16": export_onnx_fp16,
-    "onnx-int8": export_onnx_int8,
-    "openvino": export_openvino,
-    "openvino-int8": export_openvino_int8,
-    "tensorrt": export_tensorrt,
-    "triton": export_triton,
-    "torch": export_torch,
-}
-assert set(EXPORTERS) == set(FORMATS), "every format in facesketch.formats needs an exporter"
+def exporter(name: str) -> Exporter:
+    """The exporter of a format: the function its row in facesketch.formats names."""
+    from facesketch.formats import get, resolve
+    fmt = get(name)
+    if not fmt.exporter:
+        raise ValueError(f"format {name!r} names no exporter")
+    return resolve(fmt.exporter)

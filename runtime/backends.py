@@ -32,9 +32,12 @@ import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from facesketch.formats import FORMATS, resolve
 
 from .bundle import BundleError
 
@@ -82,19 +85,14 @@ class BackendSpec:
     format: str        # bundle format it runs (facesketch.formats name)
     device: str        # "cpu" or "cuda"
     precision: str     # compute precision: fp32, fp16, bf16, int8
-    engine: str        # key of ENGINES
+    engine: str        # "module:Class" of its Backend (facesketch.formats Runner.engine)
     help: str
     options: dict = field(default_factory=dict, hash=False, compare=False)
     auto: bool = True  # a candidate for backend="auto" (False: only when named)
 
     @property
     def cls(self) -> type["Backend"]:
-        engine = ENGINES[self.engine]
-        if isinstance(engine, str):  # "module:Class", imported on first use
-            module, name = engine.split(":")
-            import importlib
-            engine = getattr(importlib.import_module(module), name)
-        return engine
+        return resolve(self.engine)   # "module:Class", imported on first use
 
     def available(self) -> tuple[bool, str]:
         return self.cls.check(self)
@@ -403,51 +401,30 @@ class TorchBackend(Backend):
         super().close()
 
 
-ENGINES: dict[str, type[Backend] | str] = {
-    "onnxruntime": OrtBackend, "openvino": OpenVinoBackend, "tensorrt": TensorRTBackend,
-    "torch": TorchBackend,
-    "triton": "runtime.triton:TritonBackend", "triton-repo": "runtime.triton:RepositoryOnnxBackend",
-}
+class _Backends(Mapping):
+    """name -> BackendSpec, derived from the format table (facesketch.formats: each
+    Format row lists its runners), so a format registered later is seen at once."""
 
-_SPECS = (
-    BackendSpec("ort-cpu", "onnx", "cpu", "fp32", "onnxruntime", "onnxruntime CPU, fp32",
-                {"provider": "CPUExecutionProvider"}),
-    BackendSpec("ort-cpu-fp16", "onnx-fp16", "cpu", "fp16", "onnxruntime",
-                "onnxruntime CPU running the fp16 graph", {"provider": "CPUExecutionProvider"}),
-    BackendSpec("ort-cpu-int8", "onnx-int8", "cpu", "int8", "onnxruntime",
-                "onnxruntime CPU, static QDQ int8", {"provider": "CPUExecutionProvider"}),
-    BackendSpec("openvino-cpu", "openvino", "cpu", "fp32", "openvino", "OpenVINO CPU plugin, fp32",
-                {}),
-    BackendSpec("openvino-cpu-int8", "openvino-int8", "cpu", "int8", "openvino",
-                "OpenVINO CPU plugin, NNCF int8", {}),
-    BackendSpec("torch-cpu", "torch", "cpu", "fp32", "torch", "PyTorch eager on CPU, fp32", {}),
-    BackendSpec("ort-cuda", "onnx", "cuda", "fp32", "onnxruntime", "onnxruntime CUDA EP, fp32",
-                {"provider": "CUDAExecutionProvider"}),
-    BackendSpec("ort-cuda-fp16", "onnx-fp16", "cuda", "fp16", "onnxruntime",
-                "onnxruntime CUDA EP, fp16 graph", {"provider": "CUDAExecutionProvider"}),
-    BackendSpec("ort-trt", "onnx", "cuda", "fp16", "onnxruntime",
-                "onnxruntime TensorRT EP, fp16 (engine cached in the cache dir)",
-                {"provider": "TensorrtExecutionProvider"}),
-    BackendSpec("tensorrt", "tensorrt", "cuda", "fp16", "tensorrt",
-                "TensorRT engine (rebuilt from the ONNX for another GPU/TensorRT)", {}),
-    BackendSpec("torch-cuda", "torch", "cuda", "fp32", "torch", "PyTorch eager on CUDA, fp32", {}),
-    BackendSpec("torch-cuda-fp16", "torch", "cuda", "fp16", "torch",
-                "PyTorch eager on CUDA, fp16, channels_last", {"channels_last": True}),
-    BackendSpec("torch-cuda-bf16", "torch", "cuda", "bf16", "torch",
-                "PyTorch eager on CUDA, bf16, channels_last", {"channels_last": True}),
-    BackendSpec("torch-cuda-graph", "torch", "cuda", "fp16", "torch",
-                "PyTorch CUDA graphs (one per batch shape), fp16, channels_last",
-                {"channels_last": True, "cuda_graph": True}),
-    BackendSpec("torch-cuda-compile", "torch", "cuda", "fp16", "torch",
-                "torch.compile (max-autotune-no-cudagraphs), fp16, channels_last",
-                {"channels_last": True, "compile": True}),
-    BackendSpec("triton", "triton", "remote", "fp16", "triton",
-                "NVIDIA Triton Inference Server over HTTP (needs --server; runtime/triton.py)",
-                {"timeout_s": 120}, auto=False),
-    BackendSpec("triton-repo-cpu", "triton", "cpu", "fp32", "triton-repo",
-                "the bundle's Triton repository ONNX on onnxruntime CPU (export check)", {}, auto=False),
-)
-BACKENDS: dict[str, BackendSpec] = {s.name: s for s in _SPECS}
+    def _specs(self) -> dict[str, BackendSpec]:
+        key = tuple((f.name, f.runners) for f in FORMATS.values())
+        if getattr(self, "_key", None) != key:
+            self._cache = {r.name: BackendSpec(r.name, f.name, r.device, r.precision, r.engine,
+                                               r.help, dict(r.options), r.auto)
+                           for f in FORMATS.values() for r in f.runners}
+            self._key = key
+        return self._cache
+
+    def __getitem__(self, name: str) -> BackendSpec:
+        return self._specs()[name]
+
+    def __iter__(self):
+        return iter(self._specs())
+
+    def __len__(self) -> int:
+        return len(self._specs())
+
+
+BACKENDS: Mapping[str, BackendSpec] = _Backends()
 
 
 def get(name: str) -> BackendSpec:
@@ -459,7 +436,7 @@ def get(name: str) -> BackendSpec:
 
 def for_format(fmt: str, device: str = "auto", auto_only: bool = False) -> list[BackendSpec]:
     """Backends that run ``fmt`` (CPU ones first), filtered by device (and auto candidacy)."""
-    specs = [s for s in _SPECS if s.format == fmt and device in ("auto", s.device)
+    specs = [s for s in BACKENDS.values() if s.format == fmt and device in ("auto", s.device)
              and (s.auto or not auto_only)]
     return sorted(specs, key=lambda s: s.device != "cpu")
 
@@ -478,4 +455,4 @@ def verifier(fmt: str) -> tuple[BackendSpec | None, str]:
 def help_table() -> str:
     width = max(len(n) for n in BACKENDS)
     return "\n".join(f"  {s.name:<{width}}  {s.format:<13} {s.device:<5} {s.precision:<5} {s.help}"
-                     for s in _SPECS)
+                     for s in BACKENDS.values())

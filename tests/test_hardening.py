@@ -391,3 +391,25 @@ def test_info_and_errors_carry_no_absolute_paths(client, tiny_checkpoint):
     assert str(tiny_checkpoint) not in body and str(Path(tiny_checkpoint).parent) not in body
     import re
     assert not re.search(r'"/(tmp|work|home|root|usr)/', body), body[:500]
+
+
+def test_big_images_queue_apart_from_small_ones(tiny_checkpoint):
+    """While the one big-image decode slot is taken, another big upload waits and gets a
+    503 (busy), and a small upload is served at once."""
+    from webui import WebConfig, create_app
+    app = create_app(WebConfig(model=str(tiny_checkpoint), decode_wait_s=0.2, large_pixels=10_000))
+    holder = app.extensions["facesketch"]
+    assert holder.wait(180), holder.error
+    c = app.test_client()
+    big = encode(face(200, 120), "PNG")        # 24,000 pixels: "large" here
+    small = encode(face(60, 75), "PNG")        # 4,500 pixels
+    slot = app.extensions["facesketch_large_slots"]
+    assert slot.acquire(timeout=1)
+    try:
+        r = _post(c, big)
+        assert r.status_code == 503 and r.get_json()["code"] == "busy"
+        assert _post(c, small).status_code == 200
+    finally:
+        slot.release()
+    assert _post(c, big).status_code == 200
+    holder.close()

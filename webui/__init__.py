@@ -59,6 +59,7 @@ def create_app(config: WebConfig | dict[str, Any], start_loading: bool = True) -
         # bounds what werkzeug buffers while parsing, so not much lower
     )
     app.extensions["facesketch_decode_slots"] = threading.BoundedSemaphore(cfg.decode_workers)
+    app.extensions["facesketch_large_slots"] = threading.BoundedSemaphore(1)
     app.json.sort_keys = False
 
     from . import api, pages

@@ -17,7 +17,7 @@ from facesketch.imageio import ImageError
 
 from .pngenc import encode_png
 from .engine import ModelHolder, NotReady, QueueFull, Timeout, public_message
-from .uploads import UploadError, read_image
+from .uploads import UploadError, read_image, sniff
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -80,9 +80,14 @@ def translate() -> Response:
             raise UploadError(400, "no_file",
                               "no image: send the file in the multipart form field 'image'")
         data = upload.read()
-        slots = current_app.extensions["facesketch_decode_slots"]
+        _, w, h = sniff(data, cfg.formats, cfg.max_pixels, cfg.max_aspect)
+        # Big images take one slot of their own: however many arrive, they cost at most
+        # one core of decoding and never hold up the small ones (a webcam frame, a photo).
+        large = w * h > cfg.large_pixels
+        slots = current_app.extensions["facesketch_large_slots" if large else "facesketch_decode_slots"]
         if not slots.acquire(timeout=cfg.decode_wait_s):
-            raise QueueFull(f"{cfg.decode_workers} uploads are being decoded already")
+            raise QueueFull(f"{1 if large else cfg.decode_workers} upload(s) of this size are "
+                            "being decoded already")
         try:
             rgb = read_image(data, cfg.formats, cfg.max_pixels, cfg.max_side, cfg.max_aspect)
         finally:

@@ -38,6 +38,9 @@ class WebConfig:
     # decoder's buffers); more wait, up to decode_wait_s, then get a 503.
     decode_workers: int = 2
     decode_wait_s: float = 10.0
+    # Images over this many pixels (by their header) are decoded one at a time, apart
+    # from the others: a client looping on big images costs at most one core.
+    large_pixels: int = 4_000_000
     # PIL format names accepted; anything else PIL can read is answered 415.
     formats: tuple = ("JPEG", "PNG", "WEBP", "BMP")
     # Micro-batching: up to batch_max_size images per engine call; the first
@@ -66,7 +69,8 @@ class WebConfig:
     def validate(self) -> None:
         check(self)
         positive = ("max_upload_bytes", "max_pixels", "batch_max_size", "queue_size",
-                    "request_timeout_s", "max_side", "decode_workers", "decode_wait_s")
+                    "request_timeout_s", "max_side", "decode_workers", "decode_wait_s",
+                    "large_pixels")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
