@@ -15,9 +15,7 @@ the floors in facesketch/formats.py. Results: benchmarks/results/export_parity_<
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import shutil
 import tempfile
 import time
@@ -26,14 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from facesketch import sysinfo
+from facesketch.metrics import model_psnr
 from facesketch.formats import DIRECTION_GENERATOR, DIRECTIONS, FORMATS
 
 log = logging.getLogger("facesketch.bench")
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
-    return 200.0 if mse == 0 else min(200.0, 10 * math.log10(4.0 / mse))
+    return model_psnr(a, b)
 
 
 def _test_inputs(data: Path, direction: str, n: int, size: int) -> tuple[np.ndarray, list[str]]:

@@ -27,6 +27,7 @@ import numpy as np
 
 from facesketch import formats as F
 from facesketch import sysinfo
+from facesketch.metrics import model_psnr
 from facesketch.formats import DIRECTIONS, SOURCE_DOMAIN
 
 from .context import ExportContext, ExportError, FormatSkipped, ParityError, calibration_folders, quiet
@@ -34,7 +35,6 @@ from .exporters import exporter
 
 log = logging.getLogger("facesketch.export")
 BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST = "facesketch-bundle", 1, "manifest.json"
-PSNR_IDENTICAL = 200.0  # reported when the outputs are bit-identical (PSNR would be infinite)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -50,10 +50,9 @@ def parity(reference: np.ndarray, output: np.ndarray) -> dict[str, Any]:
         return {"psnr_db": 0.0, "max_abs_err": float("nan"), "mean_abs_err": float("nan"),
                 "identical": False, "nonfinite": True}
     err = output.astype(np.float64) - reference.astype(np.float64)
-    mse = float(np.mean(err ** 2))
-    psnr = PSNR_IDENTICAL if mse == 0 else min(PSNR_IDENTICAL, 10 * np.log10(4.0 / mse))
-    return {"psnr_db": round(float(psnr), 3), "max_abs_err": float(np.abs(err).max()),
-            "mean_abs_err": float(np.abs(err).mean()), "identical": mse == 0}
+    psnr = model_psnr(output, reference)
+    return {"psnr_db": round(psnr, 3), "max_abs_err": float(np.abs(err).max()),
+            "mean_abs_err": float(np.abs(err).mean()), "identical": not err.any()}
 
 
 def check_parity(ctx: ExportContext, name: str, direction: str, path: Path,

@@ -103,9 +103,7 @@ def load_images(files: list[Path], size: int) -> np.ndarray:
 
 
 def to_input(u8: np.ndarray, normalization: dict[str, Any]) -> np.ndarray:
-    mean = np.asarray(normalization.get("mean", [0.5] * 3), np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(normalization.get("std", [0.5] * 3), np.float32).reshape(1, 3, 1, 1)
-    return np.ascontiguousarray((u8.transpose(0, 3, 1, 2).astype(np.float32) / 255.0 - mean) / std)
+    return imageio.normalize(u8, normalization)
 
 
 @dataclass

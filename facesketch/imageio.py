@@ -260,3 +260,25 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
     return buf.getvalue()
+
+
+# ------------------------------------------------------------------ model input/output
+def _norm_arrays(normalization: dict) -> tuple[np.ndarray, np.ndarray]:
+    mean = np.asarray(normalization.get("mean", [0.5] * 3), np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(normalization.get("std", [0.5] * 3), np.float32).reshape(1, 3, 1, 1)
+    return mean, std
+
+
+def normalize(squares: np.ndarray, normalization: dict) -> np.ndarray:
+    """uint8 N x H x W x 3 -> float32 N x 3 x H x W the generator takes: (x/255 - mean) / std
+    with a checkpoint's or bundle's ``normalization`` (mean = std = 0.5: [-1, 1])."""
+    mean, std = _norm_arrays(normalization)
+    x = np.asarray(squares).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    return np.ascontiguousarray((x - mean) / std)
+
+
+def denormalize(y: np.ndarray, normalization: dict) -> np.ndarray:
+    """The generator's float32 N x 3 x H x W output -> uint8 N x H x W x 3 (NaN -> 0)."""
+    mean, std = _norm_arrays(normalization)
+    u = (np.nan_to_num(y) * std + mean) * 255.0 + 0.5
+    return np.clip(u, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)

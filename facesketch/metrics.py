@@ -62,6 +62,16 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
     return float(m.mean())
 
 
+PSNR_IDENTICAL = 200.0  # reported when two outputs are bit-identical (PSNR would be infinite)
+
+
+def model_psnr(output: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR of two model outputs in [-1, 1] (peak 2, so MSE 4 is 0 dB), capped at
+    PSNR_IDENTICAL: the parity figure of export, bench and the benchmarks."""
+    mse = float(np.mean((np.asarray(output, np.float64) - np.asarray(reference, np.float64)) ** 2))
+    return PSNR_IDENTICAL if mse == 0 else float(min(PSNR_IDENTICAL, 10 * np.log10(4.0 / mse)))
+
+
 def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
     """PSNR in dB over all channels; inf for identical inputs."""
     x = np.asarray(a, dtype=np.float64)

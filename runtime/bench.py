@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from facesketch import sysinfo
+from facesketch.metrics import model_psnr
 
 from . import backends as B
 from . import select
@@ -109,8 +110,7 @@ def _row(n: str, bk: Any, bundle: Bundle, lat: list[float], thr: dict[int, float
     ref_name, ref_out, x1 = ref
     live = None
     if ref_out is not None and n != ref_name:
-        mse = float(np.mean((bk.run(x1).astype(np.float64) - ref_out) ** 2))
-        live = 200.0 if mse == 0 else round(min(200.0, 10 * math.log10(4.0 / mse)), 2)
+        live = round(model_psnr(bk.run(x1), ref_out), 2)
     best_thr = max(thr.values()) if thr else 1000.0 / p50
     return {
         "backend": n, "format": spec.format, "device": spec.device, "precision": spec.precision,

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from facesketch.files import sha256_file  # noqa: F401 (also this module's API)
 from facesketch.formats import DIRECTIONS, FORMATS
 
 BUNDLE_FORMAT = "facesketch-bundle"
@@ -188,14 +189,6 @@ class _Schema:
             self.bad(f"{where}.path", "a relative path inside the bundle", e["path"])
         if "sha256" in e and not (isinstance(e["sha256"], str) and _SHA256.fullmatch(e["sha256"])):
             self.bad(f"{where}.sha256", "64 lowercase hex digits", e["sha256"])
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_bundle(path: str | os.PathLike) -> bool:

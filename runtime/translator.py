@@ -319,18 +319,10 @@ class Translator:
 
     # ---------------------------------------------------------------- numerics
     def _normalize(self, squares: np.ndarray) -> np.ndarray:
-        n = self._source.normalization
-        mean = np.asarray(n.get("mean", [0.5] * 3), np.float32).reshape(1, 3, 1, 1)
-        std = np.asarray(n.get("std", [0.5] * 3), np.float32).reshape(1, 3, 1, 1)
-        x = squares.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-        return np.ascontiguousarray((x - mean) / std)
+        return imageio.normalize(squares, self._source.normalization)
 
     def _denormalize(self, y: np.ndarray) -> np.ndarray:
-        n = self._source.normalization
-        mean = np.asarray(n.get("mean", [0.5] * 3), np.float32).reshape(1, 3, 1, 1)
-        std = np.asarray(n.get("std", [0.5] * 3), np.float32).reshape(1, 3, 1, 1)
-        u = (np.nan_to_num(y) * std + mean) * 255.0 + 0.5
-        return np.clip(u, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+        return imageio.denormalize(y, self._source.normalization)
 
     def run(self, direction: str, batch: np.ndarray) -> np.ndarray:
         """Raw engine call: float32 N x 3 x S x S in [-1, 1] -> same (split above max batch)."""

@@ -615,3 +615,16 @@ def test_log_has_unique_steps_after_a_replay(tmp_path):
     train(_small(tmp_path, max_steps=5, resume=True))
     steps = _steps(out)                                   # every line parses, too
     assert steps == [1, 2, 3, 4, 5] and len(steps) == len(set(steps))
+
+
+def test_training_normalisation_agrees_with_the_runtime():
+    """training.data.to_float/to_uint8 (torch, on the training device) and
+    facesketch.imageio.normalize/denormalize (numpy, runtime and export) are one mapping."""
+    from facesketch.imageio import denormalize, normalize
+    from training.checkpoint import NORMALIZATION
+    from training.data import to_float, to_uint8
+    u8 = np.random.default_rng(0).integers(0, 256, (2, 9, 7, 3), dtype=np.uint8)
+    x = normalize(u8, NORMALIZATION)
+    t = to_float(torch.from_numpy(u8).permute(0, 3, 1, 2))
+    assert np.allclose(x, t.numpy(), atol=1e-6)
+    assert np.array_equal(denormalize(x, NORMALIZATION), to_uint8(t).permute(0, 2, 3, 1).numpy())

@@ -37,6 +37,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from facesketch.files import sha256_file  # noqa: F401 (also this module's API)
+
 try:
     from safetensors import SafetensorError
 except ImportError:  # safetensors before 0.4 exposed it only in its compiled module
@@ -173,14 +175,6 @@ def remove_stale_temps(*folders: Path) -> list[Path]:
                         "(process %d)", f, size / 1e6, pid)
             removed.append(f)
     return removed
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:

@@ -122,7 +122,9 @@ def choose_holdout(photos: Domain, sketches: Domain, count: int, seed: int) -> l
 
 
 def to_float(u8: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-    """uint8 [0,255] -> float in [-1, 1] (mean 0.5, std 0.5 per channel)."""
+    """uint8 [0,255] -> float in [-1, 1] (mean 0.5, std 0.5 per channel): on the training
+    device, the torch twin of facesketch.imageio.normalize with checkpoint.NORMALIZATION
+    (tests/test_training.py checks that the two agree)."""
     return u8.to(dtype).div_(127.5).sub_(1.0)
 
 
