@@ -60,8 +60,27 @@ def summary_ms(values_s: list[float]) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------ inputs
-def load_inputs(n: int) -> tuple[list[tuple[str, bytes]], str]:
-    """(name, file bytes) of test images, half photos half sketches when CUFS exists."""
+def webcam_frames(n: int, width: int, height: int) -> tuple[list[tuple[str, bytes]], str]:
+    """What the page's camera loop sends: JPEG frames (quality 0.9) of width x height, here
+    CUFS test photos padded to the frame's aspect (a face in a room) and resized."""
+    from PIL import Image
+    out = []
+    for i in range(1, n + 1):
+        img = Image.open(CUFS / "test_photos" / f"{i}.jpg").convert("RGB")
+        canvas = Image.new("RGB", (img.height * width // height, img.height), (128, 120, 110))
+        canvas.paste(img, ((canvas.width - img.width) // 2, 0))
+        buf = io.BytesIO()
+        canvas.resize((width, height), Image.BICUBIC).save(buf, format="JPEG", quality=90)
+        out.append((f"frame{i}.jpg", buf.getvalue()))
+    return out, f"webcam-like {width}x{height} JPEG frames (CUFS test photos 1..{n} in a wider frame)"
+
+
+def load_inputs(n: int, frame: str | None = None) -> tuple[list[tuple[str, bytes]], str]:
+    """(name, file bytes) of test images, half photos half sketches when CUFS exists;
+    ``frame`` "WxH": webcam-like frames of that size instead."""
+    if frame and (CUFS / "test_photos").is_dir():
+        w, h = (int(v) for v in frame.lower().split("x"))
+        return webcam_frames(n, w, h)
     if (CUFS / "test_photos").is_dir():
         out = []
         for i in range(1, n // 2 + 1):
@@ -415,6 +434,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                     help="interleaved model-alone / 1-client rounds")
     ap.add_argument("--threads", type=int, default=8, help="waitress threads")
     ap.add_argument("--images", type=int, default=32)
+    ap.add_argument("--frame", metavar="WxH",
+                    help="send webcam-like JPEG frames of this size (the page sends 512x384): "
+                         "the 1-client rate is the page's webcam results per second")
     ap.add_argument("--hostile", type=int, default=0, metavar="CLIENTS",
                     help="also run CLIENTS normal clients beside each hostile mix (thin PNG, "
                          "16-bit bomb, 120 slow connections) and check their p50 and errors")
@@ -511,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     from facesketch.sysinfo import machine, write_result
     tmp = tempfile.TemporaryDirectory(prefix="web_load_")
     model, model_note = _model(a, Path(tmp.name))
-    images, images_note = load_inputs(a.images)
+    images, images_note = load_inputs(a.images, a.frame)
     load_before = os.getloadavg()
     print("loading the model in this process ...", flush=True)
     alone = ModelAlone(model, a.backend, images)

@@ -80,10 +80,10 @@ def translate() -> Response:
             raise UploadError(400, "no_file",
                               "no image: send the file in the multipart form field 'image'")
         data = upload.read()
-        _, w, h = sniff(data, cfg.formats, cfg.max_pixels, cfg.max_aspect)
+        _, width, height = sniff(data, cfg.formats, cfg.max_pixels, cfg.max_aspect)
         # Big images take one slot of their own: however many arrive, they cost at most
         # one core of decoding and never hold up the small ones (a webcam frame, a photo).
-        large = w * h > cfg.large_pixels
+        large = width * height > cfg.large_pixels
         slots = current_app.extensions["facesketch_large_slots" if large else "facesketch_decode_slots"]
         if not slots.acquire(timeout=cfg.decode_wait_s):
             raise QueueFull(f"{1 if large else cfg.decode_workers} upload(s) of this size are "
