@@ -20,6 +20,18 @@ def cufs() -> Path:
     return CUFS
 
 
+FS2K = Path(os.environ.get("FACESKETCH_FS2K", REPO.parent / "shared" / "data" / "fs2k"))
+
+
+@pytest.fixture(scope="session")
+def fs2k() -> Path:
+    """Path to the FS2K pairs (in-the-wild photos and sketches); skips where absent."""
+    if not (FS2K / "style3" / "photos").is_dir():
+        pytest.skip(f"FS2K data not found at {FS2K} (set FACESKETCH_FS2K or place it at "
+                    "../shared/data/fs2k); this test needs in-the-wild photos and sketches")
+    return FS2K
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """A random-init checkpoint (size 32, 1 block, ngf 8) of every generator arch
