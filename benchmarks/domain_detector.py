@@ -170,6 +170,21 @@ def load_fs2k(root: Path) -> dict[str, dict]:
     return out
 
 
+def rule_baselines(tp, ts, ep, es) -> dict[str, dict]:
+    """The rules the detector replaces, thresholds chosen on train."""
+    baselines = {}
+    for rname, fn in (("mean intensity threshold", luma_mean), ("mean saturation threshold", saturation_mean)):
+        t, sign = best_threshold(np.array([fn(x) for x in tp]), np.array([fn(x) for x in ts]))
+        res = {"threshold": round(t, 4), "sketch_if": "above" if sign > 0 else "below",
+               "test photos": rule_accuracy(fn, t, sign, ep, "photo"),
+               "test sketches": rule_accuracy(fn, t, sign, es, "sketch"),
+               "photos grayscale": rule_accuracy(fn, t, sign, [to_gray(p) for p in ep], "photo")}
+        baselines[rname + " (best threshold on train)"] = res
+        print(f"{rname} (t={t:.3f}, sketch if {res['sketch_if']}): photos {res['test photos']:.1%}, "
+              f"sketches {res['test sketches']:.1%}, grayscale photos {res['photos grayscale']:.1%}")
+    return baselines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cufs", type=Path, default=DEFAULT_DATA)
@@ -228,18 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             names[:] = [f"{style}/{i}" for i in range(len(images))]
             record(f"FS2K {style} {'grayscale photos' if kind == 'gray' else kind + 's'} "
                    "(held out)", images, label)
-
-    # the rules the detector replaces, thresholds chosen on train
-    baselines = {}
-    for rname, fn in (("mean intensity threshold", luma_mean), ("mean saturation threshold", saturation_mean)):
-        t, sign = best_threshold(np.array([fn(x) for x in tp]), np.array([fn(x) for x in ts]))
-        res = {"threshold": round(t, 4), "sketch_if": "above" if sign > 0 else "below",
-               "test photos": rule_accuracy(fn, t, sign, ep, "photo"),
-               "test sketches": rule_accuracy(fn, t, sign, es, "sketch"),
-               "photos grayscale": rule_accuracy(fn, t, sign, [to_gray(p) for p in ep], "photo")}
-        baselines[rname + " (best threshold on train)"] = res
-        print(f"{rname} (t={t:.3f}, sketch if {res['sketch_if']}): photos {res['test photos']:.1%}, "
-              f"sketches {res['test sketches']:.1%}, grayscale photos {res['photos grayscale']:.1%}")
+    baselines = rule_baselines(tp, ts, ep, es)
 
     result = {
         "what": "photo/sketch detector (facesketch/domain.py) fitted on CUFS train and the "

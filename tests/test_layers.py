@@ -10,7 +10,8 @@ The layer order is written here once (and in the README's architecture section):
     0  facesketch             the torch-free core everything uses
 
 Imports are read with ``ast`` from every module, function-level imports included
-(a lazy import is still a dependency).
+(a lazy import is still a dependency); ``if TYPE_CHECKING:`` imports, for annotations
+only, are not run-time dependencies and are left out.
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ def _imports(path: Path) -> set[str]:
     me = _module_name(path)
     package = me if path.name == "__init__.py" else me.rpartition(".")[0]
     out: set[str] = set()
+    # `if TYPE_CHECKING:` imports exist for annotations only, never at run time
+    typing_only = {id(n) for blk in ast.walk(tree) if isinstance(blk, ast.If)
+                   and getattr(blk.test, "id", getattr(blk.test, "attr", "")) == "TYPE_CHECKING"
+                   for stmt in blk.body for n in ast.walk(stmt)}
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -14,29 +14,25 @@ every ``log_every`` steps only.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import random
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facesketch import sysinfo
-from facesketch.config import to_dict
-
 from . import checkpoint as ckpt
+from . import state, validation
+from .amp import autocast_ctx, pick_precision
 from .config import TrainConfig
 from .data import (DataError, Domain, augment, choose_holdout, load_domain, load_size_for,
-                   resolve_layout, split_holdout, to_float, to_uint8)
+                   resolve_layout, split_holdout, to_float)
 from .launch import write_rank_digest
 from .networks import build_discriminator, build_generator, init_weights
 
@@ -143,23 +139,6 @@ def pick_device(cfg: TrainConfig, local_rank: int) -> torch.device:
             raise RuntimeError("--device cuda asked for, but torch sees no CUDA GPU")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
-
-
-def pick_precision(cfg: TrainConfig, device: torch.device) -> str:
-    if cfg.precision != "auto":
-        if device.type == "cpu" and cfg.precision == "fp16":
-            raise RuntimeError("fp16 training needs a GPU; use fp32 or bf16 on CPU")
-        return cfg.precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
-
-
-def autocast_ctx(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def make_adam(params, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -309,119 +288,6 @@ class Run:
         # Discriminators judged in the G step without DDP hooks (their grads are off).
         self.discs_g = torch.compile(self.discs, mode=self.cfg.compile_mode) if self.cfg.compile else self.discs
 
-    # -- checkpoints
-    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        t: dict[str, torch.Tensor] = {}
-        for name in ("G_A", "G_B", "D_A", "D_B"):
-            for k, v in getattr(self, name).state_dict().items():
-                t[f"{name}.{k}"] = v
-        oG, mG = ckpt.flatten_optimizer("opt_G", self.opt_G)
-        oD, mD = ckpt.flatten_optimizer("opt_D", self.opt_D)
-        t.update(oG)
-        t.update(oD)
-        for name, pool in (("pool_A", self.pool_A), ("pool_B", self.pool_B)):
-            if pool.images is not None and pool.count:
-                t[f"{name}.images"] = pool.images[:pool.count]
-        t["rng.torch"] = torch.get_rng_state()
-        t["rng.data"] = self.data_gen.get_state()
-        t["rng.pool"] = self.pool_gen.get_state()
-        if self.device.type == "cuda":
-            t["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        meta = {
-            "config": to_dict(self.cfg), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-            "samples_in_epoch": self.step_in_epoch * self.cfg.batch_size * self.world,
-            "global_step": self.global_step, "world_size": self.world,
-            "opt_G": mG, "opt_D": mD,
-            "scaler_G": self.scaler_G.state_dict(), "scaler_D": self.scaler_D.state_dict(),
-            "pool_counts": {"pool_A": self.pool_A.count, "pool_B": self.pool_B.count},
-            "python_random": _py_random_state(), "numpy_random": _np_random_state(),
-            "best_score": None if self.best_score == -math.inf else self.best_score,
-            "history": self.history, "precision": self.precision,
-            "data": self.data_summary,
-        }
-        return t, meta
-
-    def save(self, reason: str) -> None:
-        if not self.master:
-            return
-        t, meta = self.state_tensors()
-        # After resuming past a damaged state.safetensors, the first save must not keep
-        # that file as state.prev (it would replace the good one resume came from).
-        damaged = getattr(self, "state_damaged", False)
-        ckpt.save_state(self.out / ckpt.STATE_FILE, t, meta, keep_previous=not damaged)
-        self.state_damaged = False
-        ckpt.save_model(self.out, self.G_A, self.G_B, self.model_config())
-        self.last_save = time.monotonic()
-        log.info("checkpoint (%s): epoch %d step %d -> %s", reason, self.epoch, self.global_step,
-                 self.out / ckpt.STATE_FILE)
-
-    def model_config(self) -> dict[str, Any]:
-        cfg = self.cfg
-        return ckpt.model_config(
-            cfg.blocks, cfg.ngf, cfg.size, cfg.arch,
-            train={**to_dict(cfg), "precision_used": self.precision, "world_size": self.world,
-                   "device_used": str(self.device)},
-            progress={"epoch": self.epoch, "global_step": self.global_step, "epochs": cfg.epochs,
-                      "steps_per_epoch": self.steps_per_epoch},
-            data=self.data_summary,
-            detector=getattr(self, "detector", None),
-            metrics={"val": self.history[-1]["val"]} if self.history and "val" in self.history[-1] else {},
-            versions=sysinfo.library_versions(("facesketch", "torch", "safetensors")),
-        )
-
-    def resume(self) -> None:
-        # state.safetensors, or state.prev.safetensors (with a warning) if that is damaged
-        newest = self.out / ckpt.STATE_FILE
-        tensors, meta, path = ckpt.load_resume_state(newest)
-        self.state_damaged = path != newest
-        saved = meta["config"]
-        saved.setdefault("arch", "reference")  # runs from before the arch option
-        for key in ("size", "blocks", "ngf", "ndf", "arch"):
-            if saved[key] != getattr(self.cfg, key):
-                raise ckpt.CheckpointError(
-                    f"cannot resume: the run was started with {key}={saved[key]}, "
-                    f"now {getattr(self.cfg, key)}")
-        for name in ("G_A", "G_B", "D_A", "D_B"):
-            net = getattr(self, name)
-            sd = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
-            net.load_state_dict(sd)
-        self.opt_G.load_state_dict(ckpt.unflatten_optimizer("opt_G", tensors, meta["opt_G"]))
-        self.opt_D.load_state_dict(ckpt.unflatten_optimizer("opt_D", tensors, meta["opt_D"]))
-        self.scaler_G.load_state_dict(meta["scaler_G"])
-        self.scaler_D.load_state_dict(meta["scaler_D"])
-        for name, pool in (("pool_A", self.pool_A), ("pool_B", self.pool_B)):
-            pool.count = int(meta["pool_counts"][name])
-            if pool.count:
-                imgs = tensors[f"{name}.images"].to(self.device)
-                pool.images = torch.zeros((pool.size, *imgs.shape[1:]), dtype=imgs.dtype,
-                                          device=self.device)
-                pool.images[:pool.count] = imgs
-        torch.set_rng_state(tensors["rng.torch"])
-        same_world = int(meta.get("world_size", 1)) == self.world
-        if same_world and self.master:  # the saved generators are rank 0's; others keep their own seeds
-            self.data_gen.set_state(tensors["rng.data"])
-            self.pool_gen.set_state(tensors["rng.pool"])
-            if "rng.cuda" in tensors and self.device.type == "cuda":
-                torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        random.setstate(_py_random_from(meta["python_random"]))
-        np.random.set_state(_np_random_from(meta["numpy_random"]))
-        self.epoch = int(meta["epoch"])
-        self.global_step = int(meta["global_step"])
-        samples = int(meta.get("samples_in_epoch", 0))
-        self.step_in_epoch = samples // (self.cfg.batch_size * self.world)
-        if self.step_in_epoch >= self.steps_per_epoch:
-            self.epoch, self.step_in_epoch = self.epoch + 1, 0
-        self.history = list(meta.get("history", []))
-        self.best_score = -math.inf if meta.get("best_score") is None else float(meta["best_score"])
-        if self.master:
-            # Rows logged after this state was saved (then a kill -9) are about to be
-            # logged again by the replayed steps: drop them so no step appears twice.
-            ckpt.trim_log(self.out / "log.jsonl", self.global_step)
-            log.info("resumed %s at epoch %d, step %d (global %d)%s", path, self.epoch,
-                     self.step_in_epoch, self.global_step,
-                     "" if same_world else f" (run had {meta.get('world_size')} processes, now "
-                     f"{self.world}: data order continues, augmentation RNG reseeded)")
-
     def agree_stop(self, local: bool) -> bool:
         """Under DDP every rank must stop after the same step (else the others hang in the
         next all-reduce): a stop asked on any rank (Ctrl-C, SIGINT from torchrun) stops all."""
@@ -520,90 +386,6 @@ class Run:
         return torch.stack([g_adv_A, g_adv_B, cyc_A, cyc_B, idt_a, idt_b, pair_a, pair_b, loss_G,
                             loss_D_A, loss_D_B]).detach()
 
-    # -- per-epoch side effects (rank 0)
-    @torch.no_grad()
-    def translate_u8(self, net: nn.Module, u8: torch.Tensor) -> torch.Tensor:
-        x = to_float(F.interpolate(u8.float(), size=(self.cfg.size,) * 2, mode="bicubic",
-                                   antialias=True).clamp(0, 255).round().to(torch.uint8))
-        with autocast_ctx(self.device, self.precision):
-            y = net(x)
-        return to_uint8(y), to_uint8(x)
-
-    @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        """SSIM of translations of held-back paired images against their partners."""
-        from facesketch.metrics import fsim, ssim
-        pairs = [n for n in self.held_A.names if n in self.held_B.names]
-        if not pairs:
-            return {}
-        ia = [self.held_A.names.index(n) for n in pairs]
-        ib = [self.held_B.names.index(n) for n in pairs]
-        for net in (self.G_A, self.G_B):
-            net.eval()
-        fake_B, _ = self.translate_u8(self.G_A, self.held_A.images[ia])
-        fake_A, _ = self.translate_u8(self.G_B, self.held_B.images[ib])
-        _, real_B = self.translate_u8(nn.Identity(), self.held_B.images[ib])
-        _, real_A = self.translate_u8(nn.Identity(), self.held_A.images[ia])
-        for net in (self.G_A, self.G_B):
-            net.train()
-        hwc = lambda t: t.permute(0, 2, 3, 1).cpu().numpy()  # noqa: E731
-        p2s = float(np.mean([ssim(a, b) for a, b in zip(hwc(fake_B), hwc(real_B))]))
-        s2p = float(np.mean([ssim(a, b) for a, b in zip(hwc(fake_A), hwc(real_A))]))
-        f_p2s = float(np.mean([fsim(a, b) for a, b in zip(hwc(fake_B), hwc(real_B))]))
-        f_s2p = float(np.mean([fsim(a, b) for a, b in zip(hwc(fake_A), hwc(real_A))]))
-        # the score that picks best/: FSIM, the figure the face-sketch literature reports
-        return {"ssim_photo2sketch": p2s, "ssim_sketch2photo": s2p, "fsim_photo2sketch": f_p2s,
-                "fsim_sketch2photo": f_s2p, "score": (f_p2s + f_s2p) / 2, "pairs": len(pairs)}
-
-    @torch.no_grad()
-    def sample_grid(self, path: Path, k: int = 4) -> None:
-        """Rows: input | translated | reconstructed, for k held-back photos and sketches."""
-        from PIL import Image
-        rows = []
-        for dom, fwd, back in ((self.held_A, self.G_A, self.G_B), (self.held_B, self.G_B, self.G_A)):
-            if len(dom) == 0:
-                continue
-            for net in (fwd, back):
-                net.eval()
-            y, x = self.translate_u8(fwd, dom.images[:k])
-            z, _ = self.translate_u8(back, y)
-            for net in (fwd, back):
-                net.train()
-            for i in range(x.shape[0]):
-                rows.append(torch.cat([x[i], y[i], z[i]], dim=2))
-        if not rows:
-            return
-        grid = torch.cat(rows, dim=1).permute(1, 2, 0).cpu().numpy()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(grid).save(path)
-
-    def end_of_epoch(self, losses: dict[str, float], seconds: float) -> None:
-        val = self.validate()
-        entry = {"epoch": self.epoch, "global_step": self.global_step, "seconds": round(seconds, 2),
-                 "lr": self.opt_G.param_groups[0]["lr"], "losses": losses}
-        if val:
-            entry["val"] = val
-        self.history.append(entry)
-        self.sample_grid(self.out / "samples" / f"epoch_{self.epoch:03d}.png")
-        plot_losses(self.out / "log.jsonl", self.out / "losses.png")
-        if val and val["score"] > self.best_score:
-            self.best_score = val["score"]
-            ckpt.save_model(self.out / "best", self.G_A, self.G_B, self.model_config())
-            log.info("epoch %d: validation score %.4f is the best so far -> %s", self.epoch,
-                     val["score"], self.out / "best")
-
-    def fit_detector(self) -> bool:
-        """Refit the photo/sketch detector on this run's training images."""
-        if not self.cfg.fit_detector:
-            return False
-        from .detector import fit_detector
-        hwc = lambda d: d.images.permute(0, 2, 3, 1).cpu().numpy()  # noqa: E731
-        self.detector = fit_detector(hwc(self.train_A), hwc(self.train_B))
-        log.info("domain detector refit on %d photos and %d sketches", len(self.train_A),
-                 len(self.train_B))
-        return True
-
-
 def find_pairs(photos: Domain, sketches: Domain) -> dict[int, int]:
     """Photo index -> sketch index for images of the same file name; the suffix may
     differ (1.jpg pairs with 1.png)."""
@@ -612,51 +394,6 @@ def find_pairs(photos: Domain, sketches: Domain) -> dict[int, int]:
     for j, n in enumerate(sketches.names):
         by_stem.setdefault(stem(n), j)
     return {i: by_stem[stem(n)] for i, n in enumerate(photos.names) if stem(n) in by_stem}
-
-
-def _py_random_state():
-    v, state, gauss = random.getstate()
-    return [v, list(state), gauss]
-
-
-def _py_random_from(s):
-    return (s[0], tuple(s[1]), s[2])
-
-
-def _np_random_state():
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
-
-
-def _np_random_from(s):
-    return (s[0], np.array(s[1], dtype=np.uint32), s[2], s[3], s[4])
-
-
-def plot_losses(log_path: Path, out: Path) -> None:
-    if not log_path.is_file():
-        return
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "losses" in r]
-    if not rows:
-        return
-    steps = [r["global_step"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for name in ("G", "cycle_A", "cycle_B", "pair_A", "pair_B"):
-        if name in rows[-1]["losses"]:
-            axes[0].plot(steps, [r["losses"].get(name, float("nan")) for r in rows], label=name)
-    for name in ("D_A", "D_B", "G_adv_A", "G_adv_B"):
-        axes[1].plot(steps, [r["losses"][name] for r in rows], label=name)
-    for ax in axes:
-        ax.set_xlabel("step")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, out)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -688,7 +425,7 @@ def _start(run: Run) -> None:
     run.load_data()
     run.build()
     if cfg.resume:
-        run.resume()
+        state.resume(run)
     run.wrap()
     write_rank_digest(run, "start")
     if run.master:
@@ -763,7 +500,7 @@ def _run_epoch(run: Run, intr: "_Interrupt", losses: _LossLog) -> bool:
         if run.agree_stop(intr.requested):
             return True
         if time.monotonic() - run.last_save > cfg.checkpoint_minutes * 60:
-            run.save("periodic")
+            state.save(run, "periodic")
     return False
 
 
@@ -771,12 +508,12 @@ def _close_epoch(run: Run, losses: _LossLog, t_epoch: float) -> None:
     """Validation, samples and best/ (rank 0), the end-of-epoch checkpoint, and after the
     last epoch the detector refit (it travels in the checkpoint config)."""
     if run.master:
-        run.end_of_epoch(losses.epoch_means(), time.perf_counter() - t_epoch)
+        validation.end_of_epoch(run, losses.epoch_means(), time.perf_counter() - t_epoch)
     run.epoch += 1
     run.step_in_epoch = 0
-    run.save("end of epoch")
-    if run.epoch == run.cfg.epochs and run.master and run.fit_detector():
-        ckpt.save_model(run.out, run.G_A, run.G_B, run.model_config())
+    state.save(run, "end of epoch")
+    if run.epoch == run.cfg.epochs and run.master and validation.fit_detector(run):
+        ckpt.save_model(run.out, run.G_A, run.G_B, state.model_config(run))
         if (run.out / "best" / ckpt.MODEL_FILE).is_file():
             ckpt.add_detector(run.out / "best", run.detector)
 
@@ -800,7 +537,7 @@ def _train(run: Run) -> Path:
                 t_epoch = time.perf_counter()
                 stopped = _run_epoch(run, intr, losses)
                 if stopped and run.step_in_epoch < run.steps_per_epoch:
-                    run.save("stopped mid-epoch" if not intr.requested else "interrupted")
+                    state.save(run, "stopped mid-epoch" if not intr.requested else "interrupted")
                     break
                 _close_epoch(run, losses, t_epoch)
     finally:

@@ -1,0 +1,138 @@
+"""Per-epoch side effects of a run (rank 0): validation on the held-back pairs, sample
+grids, the best/ checkpoint, and the detector refit at the end.
+
+Functions of a training.trainer.Run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoint as ckpt
+from . import state
+from .amp import autocast_ctx
+from .data import to_float, to_uint8
+
+if TYPE_CHECKING:
+    from .trainer import Run
+
+log = logging.getLogger("facesketch.train")
+
+
+@torch.no_grad()
+def translate_u8(run: "Run", net: nn.Module, u8: torch.Tensor) -> torch.Tensor:
+    x = to_float(F.interpolate(u8.float(), size=(run.cfg.size,) * 2, mode="bicubic",
+                               antialias=True).clamp(0, 255).round().to(torch.uint8))
+    with autocast_ctx(run.device, run.precision):
+        y = net(x)
+    return to_uint8(y), to_uint8(x)
+
+@torch.no_grad()
+def validate(run: "Run") -> dict[str, float]:
+    """SSIM of translations of held-back paired images against their partners."""
+    from facesketch.metrics import fsim, ssim
+    pairs = [n for n in run.held_A.names if n in run.held_B.names]
+    if not pairs:
+        return {}
+    ia = [run.held_A.names.index(n) for n in pairs]
+    ib = [run.held_B.names.index(n) for n in pairs]
+    for net in (run.G_A, run.G_B):
+        net.eval()
+    fake_B, _ = translate_u8(run, run.G_A, run.held_A.images[ia])
+    fake_A, _ = translate_u8(run, run.G_B, run.held_B.images[ib])
+    _, real_B = translate_u8(run, nn.Identity(), run.held_B.images[ib])
+    _, real_A = translate_u8(run, nn.Identity(), run.held_A.images[ia])
+    for net in (run.G_A, run.G_B):
+        net.train()
+    hwc = lambda t: t.permute(0, 2, 3, 1).cpu().numpy()  # noqa: E731
+    p2s = float(np.mean([ssim(a, b) for a, b in zip(hwc(fake_B), hwc(real_B))]))
+    s2p = float(np.mean([ssim(a, b) for a, b in zip(hwc(fake_A), hwc(real_A))]))
+    f_p2s = float(np.mean([fsim(a, b) for a, b in zip(hwc(fake_B), hwc(real_B))]))
+    f_s2p = float(np.mean([fsim(a, b) for a, b in zip(hwc(fake_A), hwc(real_A))]))
+    # the score that picks best/: FSIM, the figure the face-sketch literature reports
+    return {"ssim_photo2sketch": p2s, "ssim_sketch2photo": s2p, "fsim_photo2sketch": f_p2s,
+            "fsim_sketch2photo": f_s2p, "score": (f_p2s + f_s2p) / 2, "pairs": len(pairs)}
+
+@torch.no_grad()
+def sample_grid(run: "Run", path: Path, k: int = 4) -> None:
+    """Rows: input | translated | reconstructed, for k held-back photos and sketches."""
+    from PIL import Image
+    rows = []
+    for dom, fwd, back in ((run.held_A, run.G_A, run.G_B), (run.held_B, run.G_B, run.G_A)):
+        if len(dom) == 0:
+            continue
+        for net in (fwd, back):
+            net.eval()
+        y, x = translate_u8(run, fwd, dom.images[:k])
+        z, _ = translate_u8(run, back, y)
+        for net in (fwd, back):
+            net.train()
+        for i in range(x.shape[0]):
+            rows.append(torch.cat([x[i], y[i], z[i]], dim=2))
+    if not rows:
+        return
+    grid = torch.cat(rows, dim=1).permute(1, 2, 0).cpu().numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+
+def end_of_epoch(run: "Run", losses: dict[str, float], seconds: float) -> None:
+    val = validate(run)
+    entry = {"epoch": run.epoch, "global_step": run.global_step, "seconds": round(seconds, 2),
+             "lr": run.opt_G.param_groups[0]["lr"], "losses": losses}
+    if val:
+        entry["val"] = val
+    run.history.append(entry)
+    sample_grid(run, run.out / "samples" / f"epoch_{run.epoch:03d}.png")
+    plot_losses(run.out / "log.jsonl", run.out / "losses.png")
+    if val and val["score"] > run.best_score:
+        run.best_score = val["score"]
+        ckpt.save_model(run.out / "best", run.G_A, run.G_B, state.model_config(run))
+        log.info("epoch %d: validation score %.4f is the best so far -> %s", run.epoch,
+                 val["score"], run.out / "best")
+
+def fit_detector(run: "Run") -> bool:
+    """Refit the photo/sketch detector on this run's training images."""
+    if not run.cfg.fit_detector:
+        return False
+    from .detector import fit_detector
+    hwc = lambda d: d.images.permute(0, 2, 3, 1).cpu().numpy()  # noqa: E731
+    run.detector = fit_detector(hwc(run.train_A), hwc(run.train_B))
+    log.info("domain detector refit on %d photos and %d sketches", len(run.train_A),
+             len(run.train_B))
+    return True
+
+
+def plot_losses(log_path: Path, out: Path) -> None:
+    if not log_path.is_file():
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "losses" in r]
+    if not rows:
+        return
+    steps = [r["global_step"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for name in ("G", "cycle_A", "cycle_B", "pair_A", "pair_B"):
+        if name in rows[-1]["losses"]:
+            axes[0].plot(steps, [r["losses"].get(name, float("nan")) for r in rows], label=name)
+    for name in ("D_A", "D_B", "G_adv_A", "G_adv_B"):
+        axes[1].plot(steps, [r["losses"][name] for r in rows], label=name)
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, out)
