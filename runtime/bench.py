@@ -59,8 +59,8 @@ def _check_names(backends: Iterable[str] | None) -> list[str] | None:
 def _load_backends(bundle: Bundle, device: str, only: list[str] | None,
                    echo: Callable[[str], None]) -> tuple[dict, dict, dict]:
     """(loaded backends, skipped name -> reason, load seconds) for the bundle's formats."""
-    from .translator import _BundleSource
-    src, probe_dir = _BundleSource(bundle), bundle.directions[0]
+    from .translator import BundleSource
+    src, probe_dir = BundleSource(bundle), bundle.directions[0]
     loaded, skipped, load_s = {}, {}, {}
     for fmt in bundle.formats:
         for spec in B.for_format(fmt, device):

@@ -54,7 +54,9 @@ class Translation:
 
 
 # ------------------------------------------------------------------ model sources
-class _BundleSource:
+class BundleSource:
+    """An exported bundle as the Translator (and runtime.bench) loads engines from it."""
+
     kind = "bundle"
 
     def __init__(self, bundle: Bundle):
@@ -91,7 +93,7 @@ class _BundleSource:
                 "skipped_formats": m.get("skipped", {}), "refused_formats": m.get("refused", {})}
 
 
-class _CheckpointSource:
+class CheckpointSource:
     """A training checkpoint, run through the torch backends (needs torch)."""
 
     kind = "checkpoint"
@@ -228,7 +230,7 @@ class Translator:
         if not p.exists():
             raise FileNotFoundError(f"no model at {p}: give a bundle folder (made by "
                                     "`facesketch export`) or a checkpoint folder")
-        source = _BundleSource(Bundle.load(p)) if is_bundle(p) else _CheckpointSource(p)
+        source = BundleSource(Bundle.load(p)) if is_bundle(p) else CheckpointSource(p)
         if backend == "triton" or server:
             from .triton import remote_source
             source = remote_source(source, backend, server)
