@@ -20,9 +20,11 @@ def test_demo_without_data_exports_translates_and_reuses(tiny_checkpoint, tmp_pa
     formats = {f["format"] for f in manifest["files"]}
     assert {"onnx", "torch"} <= formats
     assert "example inputs" in manifest["calibration"]["source"] or "examples" in manifest["calibration"]["source"]
-    outs = sorted((tmp_path / "b-demo").glob("*.png"))
-    assert [p.name for p in outs] == ["photos_example_photo2sketch.png",
-                                      "sketches_example_sketch2photo.png"]
+    outs = sorted(p.name for p in (tmp_path / "b-demo").glob("*.png"))
+    # the example "sketch" is this tiny random model's drawing of the photo (noise), so
+    # which direction "auto" gives it is the detector's guess; the photo is a real photo
+    assert len(outs) == 2 and outs[0] == "photos_example_photo2sketch.png"
+    assert outs[1] in ("sketches_example_sketch2photo.png", "sketches_example_photo2sketch.png")
     assert any(line.startswith("auto picks") for line in "\n".join(lines).splitlines())
     # Second run: the bundle is current and is reused, not exported again.
     mtime = (bundle / "manifest.json").stat().st_mtime_ns
