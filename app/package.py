@@ -108,12 +108,18 @@ def model_card(cfg: dict[str, Any], evaluation: dict[str, Any] | None,
 def package_model(run: str | Path, out: str | Path = DEFAULT_MODEL,
                   evaluation: dict[str, Any] | None = None,
                   training_hours: float | None = None, notes: str = "",
-                  detector: str = "run") -> Path:
+                  detector: str = "run", gray: tuple[str, ...] | list[str] = ()) -> Path:
     """training_hours: wall-clock hours, where the run's own epoch timings miss time
     (epochs measured only from their last resume)."""
     run = Path(run)
     src = run / "best" if (run / "best" / ckpt.MODEL_FILE).is_file() else run
     nets, cfg = ckpt.load_model(src)
+    from facesketch.formats import DIRECTIONS
+    bad = [d for d in gray if d not in DIRECTIONS]
+    if bad:
+        raise ValueError(f"--gray takes {' or '.join(DIRECTIONS)}, got {', '.join(bad)}")
+    if gray:
+        cfg["postprocess"] = {d: "gray" for d in gray}
     if detector == "builtin":     # the built-in fit: CUFS train + in-the-wild FS2K photos
         from facesketch.domain import DEFAULT_PARAMS
         cfg["detector"] = DEFAULT_PARAMS
@@ -149,13 +155,16 @@ def main(argv=None) -> int:
     p.add_argument("--eval", help="evaluation JSON report to put in the model card")
     p.add_argument("--training-hours", type=float, help="wall-clock training time to report")
     p.add_argument("--notes", help="a Markdown file of notes for the model card (size chosen, why)")
+    p.add_argument("--gray", action="append", default=[], metavar="DIRECTION",
+                   help="make this direction's outputs grayscale at inference (e.g. photo2sketch "
+                        "when the sketches are pencil drawings); recorded in the model config")
     p.add_argument("--detector", choices=("run", "builtin"), default="run",
                    help="photo/sketch detector to carry: the run's own fit (default) or the "
                         "built-in one (fitted on CUFS train and in-the-wild FS2K photos too)")
     a = p.parse_args(argv)
     ev = json.loads(Path(a.eval).read_text()) if a.eval else None
     notes = Path(a.notes).read_text() if a.notes else ""
-    out = package_model(a.run, a.out, ev, a.training_hours, notes, a.detector)
+    out = package_model(a.run, a.out, ev, a.training_hours, notes, a.detector, a.gray)
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"packaged {out} ({size / 1e6:.1f} MB)")
     return 0

@@ -266,6 +266,7 @@ def _manifest(ctx: ExportContext, cfg: dict, st: Path, entries: list[dict], skip
                            "generator": cfg.get("generators", F.DIRECTION_GENERATOR)[d]}
                        for d in DIRECTIONS},
         "detector": cfg.get("detector"),
+        "postprocess": cfg.get("postprocess") or {},
         "source": {"checkpoint": str(st), "checkpoint_sha256": ctx.checkpoint_sha256,
                    "weights_sha256": cfg.get("weights_sha256"), "arch": cfg.get("arch"),
                    "trained_image_size": cfg.get("image_size"), "metrics": cfg.get("metrics"),

@@ -282,3 +282,10 @@ def denormalize(y: np.ndarray, normalization: dict) -> np.ndarray:
     mean, std = _norm_arrays(normalization)
     u = (np.nan_to_num(y) * std + mean) * 255.0 + 0.5
     return np.clip(u, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def to_gray_rgb(rgb: np.ndarray) -> np.ndarray:
+    """... x H x W x 3 uint8 -> the same with R = G = B = its BT.601 luma (a model's
+    "gray" post-processing: pencil sketches have no colour, whatever the generator adds)."""
+    y = np.asarray(rgb, np.float32) @ np.float32([0.299, 0.587, 0.114]) + np.float32(0.5)
+    return np.repeat(np.clip(y, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)

@@ -128,6 +128,10 @@ class _Schema:
             self.int_in("build.max_batch", build["max_batch"], MAX_BATCH_RANGE)
         if "detector" in m:
             self.obj("detector", m["detector"], null_ok=True)
+        pp = m.get("postprocess")
+        if pp is not None and (not isinstance(pp, dict) or any(
+                d not in DIRECTIONS or v != "gray" for d, v in pp.items())):
+            self.bad("postprocess", 'a mapping of directions to "gray"', pp)
         for key in ("skipped", "refused"):
             if key in m:
                 self.obj(key, m[key])
@@ -247,6 +251,12 @@ class Bundle:
     @property
     def detector(self) -> dict[str, Any] | None:
         return self.manifest.get("detector")
+
+    @property
+    def postprocess(self) -> dict[str, str]:
+        """direction -> "gray" for a direction whose outputs are made grayscale."""
+        pp = self.manifest.get("postprocess") or {}
+        return pp if isinstance(pp, dict) else {}
 
     @property
     def max_batch(self) -> int:

@@ -67,6 +67,7 @@ class BundleSource:
         self.normalization = bundle.normalization
         self.directions = bundle.directions
         self.detector = bundle.detector
+        self.postprocess = bundle.postprocess
         self.max_batch = bundle.max_batch
         self.formats = bundle.formats
 
@@ -119,6 +120,7 @@ class CheckpointSource:
         self.generators = gens
         self.directions = [d for d in DIRECTIONS if d in gens]
         self.detector = self.cfg.get("detector")
+        self.postprocess = self.cfg.get("postprocess") or {}
         self.max_batch = 64
 
     def create(self, spec: B.BackendSpec, direction: str) -> B.Backend:
@@ -387,6 +389,8 @@ class Translator:
                 continue
             x = self._normalize(np.stack([fitted[i][0] for i in idx]))
             y = self._denormalize(self.run(d, x))
+            if self._source.postprocess.get(d) == "gray":
+                y = imageio.to_gray_rgb(y)
             for k, i in enumerate(idx):
                 out[i] = (imageio.unfit(y[k], fitted[i][1]), imageio.inner(y[k], fitted[i][1]))
         ms = (time.perf_counter() - t0) * 1000.0

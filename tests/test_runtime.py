@@ -484,3 +484,30 @@ def test_gpu_backend_runs_within_its_precision_floor(name, tiny_bundle, tiny_che
         assert 10 * np.log10(4.0 / max(mse, 1e-30)) >= GPU_FLOOR[spec.precision], name
         assert np.allclose(y1[0], y[0], atol=0.05)
     t.close()
+
+
+def test_gray_postprocess_makes_a_directions_outputs_grayscale(tiny_checkpoint, synthetic_data,
+                                                               tmp_path):
+    """A model whose config asks for gray photo2sketch outputs (pencil sketches) gets
+    R = G = B there, from a checkpoint and from its exported bundle; the other direction
+    keeps its colour; a bad value in a manifest is a schema error."""
+    pytest.importorskip("torch")
+    from export import export_bundle
+    from runtime import Translator
+    from runtime.bundle import manifest_problems
+    from training.checkpoint import load_model, save_model
+    nets, cfg = load_model(tiny_checkpoint)
+    ck = save_model(tmp_path / "ck", nets["G_A"], nets["G_B"],
+                    dict(cfg, postprocess={"photo2sketch": "gray"}))
+    bundle = export_bundle(ck, tmp_path / "b", formats="onnx", calibration=synthetic_data)
+    rgb = _rgb(40, 30)
+    for t in (Translator.load(ck, backend="torch"), Translator.load(bundle, backend="ort-cpu")):
+        out = t.translate(rgb, "photo2sketch").image
+        assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+        back = t.translate(rgb, "sketch2photo").image
+        assert not (back[..., 0] == back[..., 2]).all()
+        t.close()
+    problems = manifest_problems({"postprocess": {"photo2sketch": "sepia"}, "image_size": 32,
+                                  "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3},
+                                  "directions": ["photo2sketch"], "files": []})
+    assert any(p.startswith("postprocess") for p in problems)
