@@ -204,15 +204,6 @@ def _summary(rows: Sequence[dict[str, float]], keys: Sequence[str]) -> dict[str,
 
 
 # ------------------------------------------------------------------ evaluation
-def _detector_params(model: Path) -> dict | None:
-    """The detector parameters the model carries (None: the built-in ones)."""
-    from runtime.bundle import Bundle, is_bundle
-    if is_bundle(model):
-        return Bundle.load(model).detector
-    from training.checkpoint import read_config
-    return read_config(model).get("detector")
-
-
 def default_grid_faces(names: Sequence[str], count: int = GRID_FACES) -> list[str]:
     """A fixed, evenly spread choice of faces (the same for every model on the same data)."""
     if len(names) <= count:
@@ -226,7 +217,6 @@ class _Run:
     """What one evaluation accumulates batch by batch."""
 
     translator: Any
-    detector: dict | None
     pool: ThreadPoolExecutor
     grid_names: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -261,8 +251,8 @@ class _Run:
         out_ph = tr.translate_batch(sk, "sketch2photo")
         self.seconds["translate"] += time.perf_counter() - t
         t = time.perf_counter()
-        det_p = [_detect(x, self.detector) for x in ph]
-        det_s = [_detect(x, self.detector) for x in sk]
+        det_p = [tr.detect(x) for x in ph]      # the model's own detector, as "auto" uses it
+        det_s = [tr.detect(x) for x in sk]
         self.seconds["detect"] += time.perf_counter() - t
         t = time.perf_counter()
         jobs = [self.pool.submit(score_pair, p, s, a.image, b.image, a.raw, b.raw, tr.image_size)
@@ -278,11 +268,6 @@ class _Run:
                 self.grid_images[name] = {"photo": ph[k], "sketch": sk[k],
                                           "gen_sketch": out_sk[k].image, "gen_photo": out_ph[k].image}
         self.seconds["metrics"] += time.perf_counter() - t
-
-
-def _detect(rgb: np.ndarray, params: dict | None):
-    from runtime import detect_domain
-    return detect_domain(rgb, params)
 
 
 def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -364,7 +349,7 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike | None = None, *,
     grid_names = list(grid_faces) if grid_faces is not None else default_grid_faces(pairs.names)
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            run = _Run(translator, _detector_params(model), pool, grid_names)
+            run = _Run(translator, pool, grid_names)
             for start in range(0, n, batch_size):
                 run.batch(pairs, slice(start, start + batch_size))
                 done = min(start + batch_size, n)
@@ -395,7 +380,7 @@ def _report(run: _Run, pairs: Pairs, model: Path, translator: Any, limit: int | 
     report: dict[str, Any] = {
         "model": {"path": str(model), "kind": info.get("kind"), "hash": info.get("hash"),
                   "backend": translator.backend, "image_size": translator.image_size,
-                  "detector": "fitted" if run.detector else "built-in",
+                  "detector": info.get("detector", "built-in"),
                   "card": info.get("model")},
         "data": {"photos": str(pairs.photo_dir), "sketches": str(pairs.sketch_dir), "pairs": n,
                  "limit": limit, "native_sizes": sorted(f"{w}x{h}" for h, w in run.sizes),

@@ -214,10 +214,10 @@ def inner(square: np.ndarray, fit: Fit) -> np.ndarray:
 
 def unfit(square: np.ndarray, fit: Fit) -> np.ndarray:
     """Crop the padding added by ``fit_square`` and resize back to the source size."""
-    inner = square[fit.top:fit.top + fit.inner_h, fit.left:fit.left + fit.inner_w]
-    if inner.shape[:2] == (fit.src_h, fit.src_w):
-        return np.ascontiguousarray(inner)
-    return np.asarray(Image.fromarray(inner).resize((fit.src_w, fit.src_h), Image.BICUBIC))
+    crop = inner(square, fit)
+    if crop.shape[:2] == (fit.src_h, fit.src_w):
+        return np.ascontiguousarray(crop)
+    return np.asarray(Image.fromarray(crop).resize((fit.src_w, fit.src_h), Image.BICUBIC))
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

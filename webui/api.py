@@ -89,7 +89,8 @@ def translate() -> Response:
             raise QueueFull(f"{1 if large else cfg.decode_workers} upload(s) of this size are "
                             "being decoded already")
         try:
-            rgb = read_image(data, cfg.formats, cfg.max_pixels, cfg.max_side, cfg.max_aspect)
+            rgb = read_image(data, cfg.formats, cfg.max_pixels, cfg.max_side, cfg.max_aspect,
+                             sniffed=True)
         finally:
             slots.release()
         del data

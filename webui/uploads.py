@@ -64,10 +64,13 @@ def sniff(data: bytes, formats: tuple[str, ...], max_pixels: int,
 
 
 def read_image(data: bytes, formats: tuple[str, ...], max_pixels: int,
-               max_side: int | None = None, max_aspect: float = DEFAULT_MAX_ASPECT) -> np.ndarray:
+               max_side: int | None = None, max_aspect: float = DEFAULT_MAX_ASPECT,
+               sniffed: bool = False) -> np.ndarray:
     """Upload bytes -> HxWx3 uint8 RGB (no larger than ``max_side``), or UploadError
-    (400/413/415). Any decoder failure on the bytes is a 400, never a server error."""
-    sniff(data, formats, max_pixels, max_aspect)
+    (400/413/415). Any decoder failure on the bytes is a 400, never a server error.
+    ``sniffed``: the caller has already checked the header with ``sniff``."""
+    if not sniffed:
+        sniff(data, formats, max_pixels, max_aspect)
     try:
         return decode(data, max_pixels=max_pixels, max_side=max_side, max_aspect=max_aspect)
     except ImageError as exc:
