@@ -43,7 +43,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from webui.serve import default_model, serve
     model = a.model or str(default_model())
     cfg = WebConfig(model=model, backend=a.backend, server=a.server or "",
-                    allow_partial=a.allow_partial)
+                    allow_partial=a.allow_partial, align=a.align)
     cfg.validate()
     return serve(cfg, host=a.host, port=a.port, threads=a.threads, share=a.share)
 
@@ -103,7 +103,7 @@ def cmd_translate(a: argparse.Namespace) -> int:
     failed = 0
     for p in inputs:
         try:
-            r = t.translate(p, direction=a.direction)
+            r = t.translate(p, direction=a.direction, align=a.align, paste=a.paste)
         except ImageError as exc:
             print(f"{p}: skipped: {exc}", file=sys.stderr)
             failed += 1
@@ -111,7 +111,8 @@ def cmd_translate(a: argparse.Namespace) -> int:
         dst = out / f"{p.stem}.{r.direction}.png"
         save_png(r.image, dst)
         conf = f" (confidence {r.confidence:.2f})" if r.confidence is not None else ""
-        print(f"{p} -> {dst}  [{r.domain}{conf}, {r.direction}, {r.backend}, {r.latency_ms:.1f} ms]")
+        face = f", face: {r.face}" + (f" at {r.face_box}" if r.face_box else "") if a.align != "off" else ""
+        print(f"{p} -> {dst}  [{r.domain}{conf}, {r.direction}, {r.backend}, {r.latency_ms:.1f} ms{face}]")
     return 1 if failed else 0
 
 
@@ -128,7 +129,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import evaluate, markdown
     from facesketch.sysinfo import write_result
     report = evaluate(a.model, a.data, photos=a.photos, sketches=a.sketches, limit=a.limit,
-                      backend=a.backend, device=a.device, batch_size=a.batch_size, grid=a.grid)
+                      backend=a.backend, device=a.device, batch_size=a.batch_size, grid=a.grid,
+                      align=a.align)
     table = markdown(report)
     print(table, end="")
     if a.json:
@@ -180,6 +182,7 @@ def _add_serve(sub) -> None:
     sv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     sv.add_argument("--port", type=int, default=5000, help="port (default 5000; 0 = any free port)")
     sv.add_argument("--threads", type=int, default=8, help="waitress worker threads (default 8)")
+    _add_align(sv, "auto", "the page and the API's default (a request's 'align' field overrides it)")
     sv.add_argument("--share", action="store_true",
                     help="also open a public ngrok link (token from the NGROK_AUTHTOKEN env variable)")
     sv.set_defaults(func=cmd_serve)
@@ -202,6 +205,12 @@ def _add_export(sub) -> None:
     ex.set_defaults(func=cmd_export)
 
 
+def _add_align(p, default: str, what: str) -> None:
+    p.add_argument("--align", default=default, choices=("auto", "off"),
+                   help=f"auto: find the largest face and frame it like the training data before "
+                        f"translating ({what}); off: the whole image (default {default})")
+
+
 def _add_translate(sub) -> None:
     tr = sub.add_parser("translate", help="translate images (photo <-> sketch)")
     tr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
@@ -216,6 +225,9 @@ def _add_translate(sub) -> None:
                     help="when a bundle file fails its sha256 check, run the intact engines "
                          "(with a warning) instead of stopping with an error")
     tr.add_argument("--out", default="translated", help="output folder (default ./translated)")
+    _add_align(tr, "auto", "the result is the framed face")
+    tr.add_argument("--paste", action="store_true",
+                    help="with --align auto: put the translated face back into the whole picture")
     tr.set_defaults(func=cmd_translate)
 
 
@@ -244,6 +256,10 @@ def _add_evaluate(sub) -> None:
     ev.add_argument("--backend", default="auto", help="auto, a backend name or a format name")
     ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ev.add_argument("--batch-size", type=int, default=8, help="images per engine call (default 8)")
+    ev.add_argument("--align", choices=("auto", "off"),
+                    help="score the largest face's region (found on each photo, cut from photo and "
+                         "sketch alike), translating the aligned crop (auto) or the whole image "
+                         "(off); default: whole images, the literature's protocol")
     ev.set_defaults(func=cmd_evaluate)
 
 

@@ -106,13 +106,18 @@ def find_pairs(data: str | os.PathLike | None = None, photos: str | os.PathLike 
         root = Path(data)
         if not root.is_dir():
             raise FileNotFoundError(f"no data folder at {root}")
-        for a, b in (("test_photos", "test_sketches"), ("testA", "testB")):
+        for a, b in (("test_photos", "test_sketches"), ("testA", "testB"), ("photos", "sketches")):
             if (root / a).is_dir() and (root / b).is_dir():
                 pdir, sdir = root / a, root / b
                 break
         else:
-            raise ValueError(f"{root} has neither test_photos/ + test_sketches/ (CUFS) nor "
-                             "testA/ + testB/ (CycleGAN); or give --photos and --sketches")
+            groups = sorted(d for d in root.iterdir() if (d / "photos").is_dir() and (d / "sketches").is_dir())
+            if groups:
+                return _merge([find_pairs(photos=d / "photos", sketches=d / "sketches") for d in groups],
+                              [d.name for d in groups], root)
+            raise ValueError(f"{root} has neither test_photos/ + test_sketches/ (CUFS), testA/ + "
+                             "testB/ (CycleGAN), nor photos/ + sketches/ (also one level down, as "
+                             "FS2K's style folders); or give --photos and --sketches")
     else:
         raise ValueError("give --data DIR, or --photos DIR and --sketches DIR")
     for d in (pdir, sdir):
@@ -139,6 +144,21 @@ def find_pairs(data: str | os.PathLike | None = None, photos: str | os.PathLike 
 
 
 # ------------------------------------------------------------------ metrics
+def _merge(parts: list[Pairs], labels: list[str], root: Path) -> Pairs:
+    """Several photos/ + sketches/ folders (FS2K's styles) as one set, each a subset."""
+    out = Pairs(names=[], photos=[], sketches=[], photo_dir=root, sketch_dir=root,
+                unpaired={"photos": [], "sketches": []})
+    for part, label in zip(parts, labels):
+        names = [f"{label}/{n}" for n in part.names]
+        out.names += names
+        out.photos += part.photos
+        out.sketches += part.sketches
+        out.subsets.update({n: label for n in names})
+        for k in ("photos", "sketches"):
+            out.unpaired[k] += [f"{label}/{n}" for n in part.unpaired.get(k, [])]
+    return out
+
+
 def _match(out: np.ndarray, target: np.ndarray) -> np.ndarray:
     """The output at the target's size (already so when input and target sizes agree)."""
     if out.shape[:2] == target.shape[:2]:
@@ -223,6 +243,8 @@ class _Run:
     grid_images: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     sizes: set = field(default_factory=set)
     resized: int = 0
+    align: str | None = None              # None: whole images (the literature's protocol)
+    faces: int = 0                        # pairs scored on a face region (align given)
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=lambda: {"translate": 0.0, "detect": 0.0,
                                                                "metrics": 0.0})
@@ -247,12 +269,23 @@ class _Run:
         names, ph, sk = self._decode_pairs(pairs, sl)
         if not names:
             return
-        out_sk = tr.translate_batch(ph, "photo2sketch")
-        out_ph = tr.translate_batch(sk, "sketch2photo")
+        regions = [face_region(p) for p in ph] if self.align else [None] * len(ph)
+        self.faces += sum(r is not None for r in regions)
+        crop_p = [crop_region(p, r, p) for p, r in zip(ph, regions)]
+        crop_s = [crop_region(s, r, p) for s, p, r in zip(sk, ph, regions)]
+        if self.align == "auto":           # the aligned crops are translated
+            out_sk = tr.translate_batch(crop_p, "photo2sketch")
+            out_ph = tr.translate_batch(crop_s, "sketch2photo")
+        else:                              # whole images, then the same face region scored
+            out_sk = tr.translate_batch(ph, "photo2sketch")
+            out_ph = tr.translate_batch(sk, "sketch2photo")
+            for o, p, r in [*zip(out_sk, ph, regions), *zip(out_ph, ph, regions)]:
+                o.image = crop_region(o.image, r, p)
+        whole_p, whole_s, ph, sk = ph, sk, crop_p, crop_s
         self.seconds["translate"] += time.perf_counter() - t
         t = time.perf_counter()
-        det_p = [tr.detect(x) for x in ph]      # the model's own detector, as "auto" uses it
-        det_s = [tr.detect(x) for x in sk]
+        det_p = [tr.detect(x) for x in whole_p]  # the model's own detector, as "auto" uses it
+        det_s = [tr.detect(x) for x in whole_s]
         self.seconds["detect"] += time.perf_counter() - t
         t = time.perf_counter()
         jobs = [self.pool.submit(score_pair, p, s, a.image, b.image, a.raw, b.raw, tr.image_size)
@@ -268,6 +301,30 @@ class _Run:
                 self.grid_images[name] = {"photo": ph[k], "sketch": sk[k],
                                           "gen_sketch": out_sk[k].image, "gen_photo": out_ph[k].image}
         self.seconds["metrics"] += time.perf_counter() - t
+
+
+def face_region(photo: np.ndarray) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """The largest face of a photo as (crop -> photo transform, crop size), the region
+    both align modes are scored on; None without a face (the whole image is scored)."""
+    from runtime.align import finder
+    f = finder()
+    faces = f.detect(photo) if f is not None else []
+    if not faces:
+        return None
+    al = f.align(photo, faces[0])
+    return al.matrix, (al.crop.shape[1], al.crop.shape[0])
+
+
+def crop_region(img: np.ndarray, region: tuple[np.ndarray, tuple[int, int]] | None,
+                photo: np.ndarray) -> np.ndarray:
+    """``img`` (the photo, its sketch or a translation; any size) cropped to the face
+    region found on ``photo``, scaled for an image of another size than the photo."""
+    if region is None:
+        return img
+    from facesketch.face import warp_crop
+    matrix, size = region
+    sx, sy = img.shape[1] / photo.shape[1], img.shape[0] / photo.shape[0]
+    return warp_crop(img, np.diag([sx, sy]) @ matrix, size)
 
 
 def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -318,15 +375,19 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike | None = None, *,
              limit: int | None = None, backend: str = "auto", device: str = "auto",
              batch_size: int = 8, workers: int | None = None, grid: str | os.PathLike | None = None,
              grid_faces: Sequence[str] | None = None, per_image: bool = True,
-             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+             progress: Callable[[int, int], None] | None = None,
+             align: str | None = None) -> dict[str, Any]:
     """Translate every test photo and sketch with ``model`` and score both directions.
 
     ``model``: a bundle folder or a checkpoint (runtime.Translator.load).
     ``limit``: the first N pairs (natural file-name order). ``grid``: write an
     image grid (input | ours | artist, both directions) there. ``progress``:
     called with (done, total) after each batch; default a progress bar with ETA
-    on stderr. Returns the report (JSON-serialisable); ``markdown(report)``
-    renders its table.
+    on stderr. ``align``: None scores whole images (the literature's protocol);
+    "auto" or "off" score the largest face's region, found on each photo and cut
+    from the photo and its sketch alike, translating the aligned crop ("auto") or
+    the whole image ("off"), so the two modes compare on the same pixels.
+    Returns the report (JSON-serialisable); ``markdown(report)`` renders its table.
     """
     from runtime import Translator
 
@@ -339,6 +400,8 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike | None = None, *,
                                                      pairs.sketches[:limit])
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    if align not in (None, "auto", "off"):
+        raise ValueError(f"unknown align mode {align!r}; use auto or off")
     model = Path(model)
     translator = Translator.load(model, backend=backend, device=device)
     workers = workers or min(4, os.cpu_count() or 1)
@@ -349,7 +412,7 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike | None = None, *,
     grid_names = list(grid_faces) if grid_faces is not None else default_grid_faces(pairs.names)
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            run = _Run(translator, pool, grid_names)
+            run = _Run(translator, pool, grid_names, align=align)
             for start in range(0, n, batch_size):
                 run.batch(pairs, slice(start, start + batch_size))
                 done = min(start + batch_size, n)
@@ -383,7 +446,8 @@ def _report(run: _Run, pairs: Pairs, model: Path, translator: Any, limit: int | 
                   "detector": info.get("detector", "built-in"),
                   "card": info.get("model")},
         "data": {"photos": str(pairs.photo_dir), "sketches": str(pairs.sketch_dir), "pairs": n,
-                 "limit": limit, "native_sizes": sorted(f"{w}x{h}" for h, w in run.sizes),
+                 "limit": limit, "align": run.align, "face_regions": run.faces,
+                 "native_sizes": sorted(f"{w}x{h}" for h, w in run.sizes),
                  "outputs_resized_to_target": run.resized, "skipped": run.skipped,
                  "subsets": {g: len(rs) for g, rs in agg["groups"].items() if g != ALL},
                  "unpaired": pairs.unpaired},
@@ -436,6 +500,11 @@ def markdown(report: dict[str, Any]) -> str:
              f"backend {m['backend']}, detector {m['detector']}); "
              f"{report['data']['pairs']} pairs from `{report['data']['photos']}` at native size "
              f"({', '.join(report['data']['native_sizes'])}).", ""]
+    if report["data"].get("align"):
+        lines[-1:] = ["", f"Scored on the largest face's region (found on the photo in "
+                      f"{report['data']['face_regions']} pairs, cut from photo and sketch alike; the "
+                      f"others whole), translating {'the aligned crop' if report['data']['align'] == 'auto' else 'the whole image'} "
+                      f"(--align {report['data']['align']}).", ""]
     lines += ["| direction | subset | n | SSIM | FSIM | FSIMc | PSNR (dB) | published FSIM |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for direction, by_group in report["metrics"].items():

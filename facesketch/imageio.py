@@ -228,11 +228,12 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 
 def load_folder(folder: str | os.PathLike, size: int, limit: int | None = None,
-                warn=None) -> tuple[np.ndarray, list[str], list[str]]:
+                warn=None, prepare=None) -> tuple[np.ndarray, list[str], list[str]]:
     """Decode every image of ``folder`` fitted into ``size``x``size``.
 
     Returns (uint8 array N x size x size x 3, names loaded, names skipped). A file
-    that cannot be decoded is skipped with a warning naming it.
+    that cannot be decoded is skipped with a warning naming it. ``prepare``: a
+    function applied to each decoded RGB array before fitting (e.g. face alignment).
     """
     warn = warn or (lambda msg: warnings.warn(msg, stacklevel=2))
     files = list_images(folder)
@@ -246,6 +247,8 @@ def load_folder(folder: str | os.PathLike, size: int, limit: int | None = None,
             warn(f"skipping {f}: {exc}")
             skipped.append(f.name)
             continue
+        if prepare is not None:
+            rgb = prepare(rgb)
         arrays.append(fit_square(rgb, size)[0])
         names.append(f.name)
     stack = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)

@@ -34,6 +34,7 @@ from facesketch.formats import DIRECTIONS, FORMATS, SOURCE_DOMAIN
 
 from . import backends as B
 from . import select
+from .align import ALIGN_MODES, frame_face, paste_back
 from .bundle import Bundle, BundleError, is_bundle
 
 log = logging.getLogger("facesketch.runtime")
@@ -51,6 +52,17 @@ class Translation:
     # the model's own output on its pixel grid, padding cropped, before the resize to the
     # input's size (what artefact measures such as metrics.checkerboard_db look at)
     raw: np.ndarray | None = None
+    # face alignment (align="auto"): what was done ("aligned", "already framed",
+    # "no face found", "off", or why the finder is unavailable), and the crop's
+    # transform when aligned; ``image`` is then the translated crop (or the whole
+    # frame with the crop pasted back, paste=True)
+    face: str = "off"
+    alignment: Any = None
+
+    @property
+    def face_box(self) -> str | None:
+        """The X-Face-Box value (x,y,w,h,angle in input pixels) when a face was aligned."""
+        return self.alignment.header() if self.alignment is not None else None
 
 
 # ------------------------------------------------------------------ model sources
@@ -355,16 +367,22 @@ class Translator:
             raise ValueError(f"unknown direction {direction!r}; use auto, " + " or ".join(DIRECTIONS))
         return direction, SOURCE_DOMAIN[direction], None
 
-    def translate(self, image: Any, direction: str = "auto") -> Translation:
-        return self.translate_batch([image], direction)[0]
+    def translate(self, image: Any, direction: str = "auto", align: str = "off",
+                  paste: bool = False, previous_box: str | None = None) -> Translation:
+        return self.translate_batch([image], direction, align, paste,
+                                    [previous_box] if previous_box else None)[0]
 
     def translate_batch(self, images: Sequence[Any], direction: str | Sequence[str] = "auto",
-                        ) -> list[Translation]:
+                        align: str = "off", paste: bool = False,
+                        previous_boxes: Sequence[str | None] | None = None) -> list[Translation]:
         """Translate several images; one engine call per direction group.
 
-        ``direction`` is one value for all images or one per image. Raises
-        facesketch.imageio.ImageError for an undecodable image (naming its index)
-        and ValueError for an unknown direction; nothing is translated then.
+        ``direction`` is one value for all images or one per image. ``align="auto"``
+        finds the largest face, crops it in the training data's framing and translates
+        the crop (see runtime.align); ``paste`` puts the result back into the frame;
+        ``previous_boxes`` (the last frame's X-Face-Box per image, video) steadies the crop.
+        Raises facesketch.imageio.ImageError for an undecodable image (naming its index)
+        and ValueError for an unknown direction or align mode; nothing is translated then.
         """
         t0 = time.perf_counter()
         images = list(images)
@@ -380,8 +398,13 @@ class Translator:
                 rgbs.append(imageio.decode(im))
             except imageio.ImageError as exc:
                 raise imageio.ImageError(f"image {i}: {exc}" if len(images) > 1 else str(exc)) from exc
+        if align not in ALIGN_MODES:
+            raise ValueError(f"unknown align mode {align!r}; use {' or '.join(ALIGN_MODES)}")
         resolved = [self._resolve(rgb, d) for rgb, d in zip(rgbs, dirs)]
-        fitted = [imageio.fit_square(rgb, self.image_size) for rgb in rgbs]
+        prev = list(previous_boxes or []) + [None] * len(rgbs)
+        framed = [frame_face(rgb, prev[i]) if align == "auto" else (rgb, None, "off")
+                  for i, rgb in enumerate(rgbs)]
+        fitted = [imageio.fit_square(f[0], self.image_size) for f in framed]
         out: list[Any] = [None] * len(images)
         for d in DIRECTIONS:
             idx = [i for i, r in enumerate(resolved) if r[0] == d]
@@ -393,9 +416,12 @@ class Translator:
                 y = imageio.to_gray_rgb(y)
             for k, i in enumerate(idx):
                 out[i] = (imageio.unfit(y[k], fitted[i][1]), imageio.inner(y[k], fitted[i][1]))
+        if paste:
+            out = [(paste_back(rgbs[i], o[0], framed[i][1]), o[1]) for i, o in enumerate(out)]
         ms = (time.perf_counter() - t0) * 1000.0
         return [Translation(image=out[i][0], direction=r[0], domain=r[1], confidence=r[2],
-                            backend=self.backend, latency_ms=ms, raw=out[i][1])
+                            backend=self.backend, latency_ms=ms, raw=out[i][1],
+                            face=framed[i][2], alignment=framed[i][1])
                 for i, r in enumerate(resolved)]
 
     def close(self) -> None:

@@ -51,6 +51,10 @@ class TrainConfig:
                          help="auto: pair photos and sketches by file name and add a paired L1 "
                               "loss for those (semi-supervised); off: unpaired CycleGAN")
     lambda_pair: float = option(10.0, "paired L1 loss weight")
+    align: str = choices("off", "auto", default="off",
+                         help="auto: crop the largest face of every image in the CUFS framing "
+                              "before training (as translate/serve --align auto do), so training "
+                              "and serving see the same framing; off: whole images")
     cycle_noise: float = option(0.0, "std of Gaussian noise added to a translation before it is "
                                      "reconstructed (against cycle steganography; 0 = off)")
     pool_size: int = option(50, "history pool of fakes for the discriminators (0 = none)")

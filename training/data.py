@@ -84,14 +84,37 @@ class Domain:
         return int(self.images.shape[0])
 
 
+def face_aligner(stats: dict[str, int]):
+    """A ``prepare`` function for load_folder: the largest face cropped in the CUFS
+    framing, as the runtime's --align auto does (images already framed, or without a
+    face, stay whole); ``stats`` counts what happened."""
+    from facesketch.face import FaceFinderUnavailable, default_finder
+    try:
+        finder = default_finder()
+    except FaceFinderUnavailable as exc:
+        raise DataError(f"--align auto: {exc}") from exc
+
+    def prepare(rgb: np.ndarray) -> np.ndarray:
+        faces = finder.detect(rgb)
+        what = ("no face found" if not faces else
+                "already framed" if finder.is_framed(rgb, faces[0]) else "aligned")
+        stats[what] = stats.get(what, 0) + 1
+        return finder.align(rgb, faces[0]).crop if what == "aligned" else rgb
+    return prepare
+
+
 def load_domain(name: str, folder: Path, load_size: int, limit: int | None,
-                device: torch.device) -> Domain:
+                device: torch.device, align: str = "off", stats: dict[str, int] | None = None) -> Domain:
     if not folder.is_dir():
         raise DataError(f"{name} folder {folder} does not exist")
     if not list_images(folder):
         raise DataError(f"{name} folder {folder} holds no images "
                         "(looked for .jpg .jpeg .png .webp .bmp)")
-    arr, names, skipped = load_folder(folder, load_size, limit=limit, warn=log.warning)
+    stats = {} if stats is None else stats
+    prepare = face_aligner(stats) if align == "auto" else None
+    arr, names, skipped = load_folder(folder, load_size, limit=limit, warn=log.warning, prepare=prepare)
+    if prepare is not None:
+        log.info("%s: face alignment: %s", name, ", ".join(f"{v} {k}" for k, v in sorted(stats.items())))
     if len(names) == 0:
         raise DataError(f"{name} folder {folder}: none of its images could be read "
                         f"({len(skipped)} skipped)")

@@ -216,8 +216,8 @@ class Run:
             log.info("data layout: %s (photos %s, sketches %s)", layout.name, layout.photos, layout.sketches)
         ls = load_size_for(cfg.size)
         lim = None if cfg.max_images is None else cfg.max_images + cfg.holdout
-        photos = load_domain("photos", layout.photos, ls, lim, self.device)
-        sketches = load_domain("sketches", layout.sketches, ls, lim, self.device)
+        photos = load_domain("photos", layout.photos, ls, lim, self.device, align=cfg.align)
+        sketches = load_domain("sketches", layout.sketches, ls, lim, self.device, align=cfg.align)
         held = choose_holdout(photos, sketches, cfg.holdout, cfg.seed)
         self.train_A, self.held_A = split_holdout(photos, held)
         self.train_B, self.held_B = split_holdout(sketches, held)

@@ -13,7 +13,9 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from facesketch.face import parse_box
 from facesketch.imageio import ImageError
+from runtime.align import ALIGN_MODES, frame_face, paste_back
 
 from .pngenc import encode_png
 from .engine import ModelHolder, NotReady, QueueFull, Timeout, public_message
@@ -58,6 +60,26 @@ def _same_origin_only() -> None:
         raise UploadError(403, "cross_origin", "requests from an opaque origin are refused")
 
 
+def _read_upload(cfg) -> Any:
+    """The form's 'image' decoded (bounded, in a decode slot), or a 4xx UploadError."""
+    upload = request.files.get("image")
+    if upload is None:
+        raise UploadError(400, "no_file", "no image: send the file in the multipart form field 'image'")
+    data = upload.read()
+    _, width, height = sniff(data, cfg.formats, cfg.max_pixels, cfg.max_aspect)
+    # Big images take one slot of their own: however many arrive, they cost at most
+    # one core of decoding and never hold up the small ones (a webcam frame, a photo).
+    large = width * height > cfg.large_pixels
+    slots = current_app.extensions["facesketch_large_slots" if large else "facesketch_decode_slots"]
+    if not slots.acquire(timeout=cfg.decode_wait_s):
+        raise QueueFull(f"{1 if large else cfg.decode_workers} upload(s) of this size are "
+                        "being decoded already")
+    try:
+        return read_image(data, cfg.formats, cfg.max_pixels, cfg.max_side, cfg.max_aspect, sniffed=True)
+    finally:
+        slots.release()
+
+
 @bp.post("/translate")
 def translate() -> Response:
     cfg = current_app.config["FACESKETCH"]
@@ -75,25 +97,9 @@ def translate() -> Response:
         if direction not in DIRECTIONS:
             raise UploadError(400, "bad_direction",
                               f"unknown direction {direction!r}; use one of {', '.join(DIRECTIONS)}")
-        upload = request.files.get("image")
-        if upload is None:
-            raise UploadError(400, "no_file",
-                              "no image: send the file in the multipart form field 'image'")
-        data = upload.read()
-        _, width, height = sniff(data, cfg.formats, cfg.max_pixels, cfg.max_aspect)
-        # Big images take one slot of their own: however many arrive, they cost at most
-        # one core of decoding and never hold up the small ones (a webcam frame, a photo).
-        large = width * height > cfg.large_pixels
-        slots = current_app.extensions["facesketch_large_slots" if large else "facesketch_decode_slots"]
-        if not slots.acquire(timeout=cfg.decode_wait_s):
-            raise QueueFull(f"{1 if large else cfg.decode_workers} upload(s) of this size are "
-                            "being decoded already")
-        try:
-            rgb = read_image(data, cfg.formats, cfg.max_pixels, cfg.max_side, cfg.max_aspect,
-                             sniffed=True)
-        finally:
-            slots.release()
-        del data
+        rgb = _read_upload(cfg)
+        frame = rgb
+        rgb, alignment, face = _frame(rgb, cfg)
         job = batcher.submit(rgb, direction, announced=True)
         submitted = True
     finally:
@@ -105,7 +111,10 @@ def translate() -> Response:
         # An explicit direction skips detection in the Translator; the page still
         # shows what the image looks like, by the same detector "auto" uses.
         domain, confidence = h.translator.detect(rgb)
-    png = encode_png(res.image, cfg.png_compress_level)
+    image = res.image
+    if alignment is not None and _flag("paste"):
+        image = paste_back(frame, image, alignment)
+    png = encode_png(image, cfg.png_compress_level)
     fields: dict[str, Any] = {
         "direction": res.direction,
         "domain": domain,
@@ -114,8 +123,10 @@ def translate() -> Response:
         "latency_ms": round(float(res.latency_ms), 2),
         "batch_size": job.batch_size,
         "server_ms": round((time.perf_counter() - t0) * 1000.0, 2),
-        "width": int(res.image.shape[1]),
-        "height": int(res.image.shape[0]),
+        "width": int(image.shape[1]),
+        "height": int(image.shape[0]),
+        "face": face,
+        "face_box": alignment.header() if alignment is not None else None,
     }
     headers = {
         "X-Direction": fields["direction"],
@@ -125,8 +136,11 @@ def translate() -> Response:
         "X-Latency-Ms": f"{fields['latency_ms']:.2f}",
         "X-Batch-Size": str(fields["batch_size"]),
         "X-Server-Ms": f"{fields['server_ms']:.2f}",
+        "X-Face": face,
         "Cache-Control": "no-store",
     }
+    if alignment is not None:
+        headers["X-Face-Box"] = fields["face_box"]
     if _wants_json():
         fields["image_png_base64"] = base64.b64encode(png).decode("ascii")
         resp = jsonify(fields)
@@ -134,6 +148,28 @@ def translate() -> Response:
         resp = Response(png, mimetype="image/png")
     resp.headers.update(headers)
     return resp
+
+
+def _flag(name: str) -> bool:
+    return request.form.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _frame(rgb, cfg) -> tuple[Any, Any, str]:
+    """(image to translate, alignment or None, what was done) for this request's
+    ``align`` field (default: the server's --align); ``face_box`` is the previous
+    video frame's X-Face-Box, which steadies the crop."""
+    mode = request.form.get("align", cfg.align).strip() or cfg.align
+    if mode not in ALIGN_MODES:
+        raise UploadError(400, "bad_align", f"unknown align mode {mode!r}; use {' or '.join(ALIGN_MODES)}")
+    if mode == "off":
+        return rgb, None, "off"
+    previous = request.form.get("face_box", "").strip() or None
+    if previous is not None:
+        try:
+            parse_box(previous)
+        except ValueError as exc:
+            raise UploadError(400, "bad_face_box", f"face_box: {exc}") from exc
+    return frame_face(rgb, previous)
 
 
 @bp.get("/health")

@@ -56,6 +56,10 @@ class WebConfig:
     request_timeout_s: float = 60.0     # a request waiting longer answers 504
     warmup: bool = True                 # run both directions once before /api/health says 200
     png_compress_level: int = 1         # 0-9: result PNG size vs encode time (deflate level)
+    # Face alignment (runtime.align): "auto" crops the largest face in the training data's
+    # framing before translating (the default answer of /api/translate; the form field
+    # "align" overrides it per request); "off" translates whole images.
+    align: str = choices("auto", "off", default="auto")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "WebConfig":

@@ -10,5 +10,5 @@ bp = Blueprint("pages", __name__)
 @bp.get("/")
 def index() -> str:
     cfg = current_app.config["FACESKETCH"]
-    return render_template("index.html", max_upload_bytes=cfg.max_upload_bytes,
+    return render_template("index.html", max_upload_bytes=cfg.max_upload_bytes, align=cfg.align,
                            max_pixels=cfg.max_pixels, formats=cfg.formats)

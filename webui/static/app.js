@@ -13,11 +13,13 @@
     inputSize: $("input-size"), resultImg: $("result-img"), resultHint: $("result-hint"),
     resultDirection: $("result-direction"), domain: $("domain"), confidence: $("confidence"),
     backend: $("backend"), latency: $("latency"), roundtrip: $("roundtrip"), canvas: $("canvas"),
+    align: $("align"), paste: $("paste"), faceBox: $("face-box"), face: $("face"),
   };
   const maxUpload = parseInt(document.body.dataset.maxUpload || "0", 10);
   const state = {
     ready: false, inFlight: false, pending: null, lastInput: null,
     inputUrl: null, resultUrl: null, stream: null, frames: 0,
+    faceBox: null, sentSize: null,   // last X-Face-Box (video: sent back to steady the crop)
   };
 
   function showError(msg) {
@@ -85,6 +87,31 @@
     el.download.setAttribute("aria-disabled", "false");
   }
 
+  // The face box (x,y,w,h,angle in the sent image's pixels) over the input as shown
+  // (object-fit: contain inside the frame).
+  function drawFaceBox() {
+    const box = state.faceBox, size = state.sentSize;
+    const shown = state.stream ? el.video : el.inputImg;
+    if (!box || !size || shown.hidden) { el.faceBox.hidden = true; return; }
+    const fw = shown.clientWidth, fh = shown.clientHeight;
+    const s = Math.min(fw / size[0], fh / size[1]);
+    const ox = shown.offsetLeft + (fw - size[0] * s) / 2, oy = shown.offsetTop + (fh - size[1] * s) / 2;
+    const [x, y, w, h, angle] = box;
+    Object.assign(el.faceBox.style, {
+      left: (ox + x * s) + "px", top: (oy + y * s) + "px", width: (w * s) + "px", height: (h * s) + "px",
+      transform: `rotate(${angle}deg)`,
+    });
+    el.faceBox.hidden = false;
+  }
+  window.addEventListener("resize", drawFaceBox);
+
+  function imageSize(blob) {
+    return new Promise((resolve) => {
+      if (!window.createImageBitmap) { resolve(null); return; }
+      createImageBitmap(blob).then((b) => { const s = [b.width, b.height]; b.close(); resolve(s); }, () => resolve(null));
+    });
+  }
+
   // Send one image; if one is already in flight, keep only the newest to send next.
   async function convert(blob) {
     if (!state.ready) { state.pending = blob; setStatus("waiting for the model\u2026"); return; }
@@ -97,6 +124,9 @@
     const fd = new FormData();
     fd.append("image", blob, blob.name || "image");
     fd.append("direction", el.direction.value);
+    fd.append("align", el.align.value);
+    if (el.paste.checked) fd.append("paste", "1");
+    if (state.stream && state.faceBox) fd.append("face_box", state.faceBox.join(","));
     const t0 = performance.now();
     let retryMs = 0;
     try {
@@ -112,6 +142,12 @@
       } else {
         const out = await r.blob();
         setResult(out, r.headers, performance.now() - t0);
+        const boxText = r.headers.get("X-Face-Box");
+        state.faceBox = boxText ? boxText.split(",").map(Number) : null;
+        state.sentSize = state.stream ? [el.canvas.width, el.canvas.height] : await imageSize(blob);
+        el.face.textContent = r.headers.get("X-Face") || "\u2013";
+        el.faceBox.dataset.box = boxText || "";
+        drawFaceBox();
         showError("");
       }
     } catch (e) {
@@ -128,6 +164,8 @@
   function useFile(file) {
     if (!file) return;
     stopCamera();
+    state.faceBox = null;
+    el.faceBox.hidden = true;
     state.lastInput = file;
     showError("");
     setInputPreview(file);
@@ -154,6 +192,10 @@
     if (item) useFile(item.getAsFile());
   });
   el.direction.addEventListener("change", () => { if (state.lastInput && !state.stream) convert(state.lastInput); });
+  [el.align, el.paste].forEach((c) => c.addEventListener("change", () => {
+    state.faceBox = null;
+    if (state.lastInput && !state.stream) convert(state.lastInput);
+  }));
 
   // ------------------------------------------------------------ camera
   function captureFrame() {
@@ -201,6 +243,8 @@
     if (!state.stream) return;
     state.stream.getTracks().forEach((t) => t.stop());
     state.stream = null;
+    state.faceBox = null;
+    el.faceBox.hidden = true;
     el.video.srcObject = null;
     el.video.hidden = true;
     el.cameraBtn.textContent = "Start camera";
