@@ -325,10 +325,20 @@ def hostile_bodies() -> dict[str, tuple[bytes, str]]:
             "sixteen_bit_15mp": multipart("big16.png", flat_png(3900, 3900, 16))}
 
 
-def attacker(port: int, body: tuple[bytes, str], stop: threading.Event, counts: dict) -> None:
-    """One client sending the same hostile upload in a loop until ``stop``."""
+# Each hostile mix comes from a loopback address of its own (Linux routes all of
+# 127.0.0.0/8 to lo): the server tells clients apart by address, as it would tell a
+# remote attacker from its other visitors. --attackers-share-address: all from HOST.
+ATTACKER_ADDRESSES = {"thin_png": "127.0.0.2", "sixteen_bit_bomb": "127.0.0.3",
+                      "sixteen_bit_15mp": "127.0.0.4", "slow": "127.0.0.5"}
+
+
+def attacker(port: int, body: tuple[bytes, str], stop: threading.Event, counts: dict,
+             source: str | None = None) -> None:
+    """One client sending the same hostile upload in a loop until ``stop`` (never
+    waiting for a Retry-After), from ``source`` (a local address) when given."""
+    src = (source, 0) if source else None
     while not stop.is_set():
-        conn = http.client.HTTPConnection(HOST, port, timeout=60)
+        conn = http.client.HTTPConnection(HOST, port, timeout=60, source_address=src)
         try:
             conn.request("POST", "/api/translate", body=body[0], headers={"Content-Type": body[1]})
             r = conn.getresponse()
@@ -340,15 +350,18 @@ def attacker(port: int, body: tuple[bytes, str], stop: threading.Event, counts: 
             conn.close()
 
 
-def slow_connections(port: int, n: int, stop: threading.Event, counts: dict) -> None:
+def slow_connections(port: int, n: int, stop: threading.Event, counts: dict,
+                     source: str | None = None) -> None:
     """``n`` connections trickling a request's headers at 1 byte/s, reopened when cut off."""
     import socket
+    src = (source, 0) if source else None
     socks: list = [None] * n
     while not stop.is_set():
         for i in range(n):
             try:
                 if socks[i] is None:
-                    socks[i] = socket.create_connection((HOST, port), timeout=5)
+                    socks[i] = socket.create_connection((HOST, port), timeout=5,
+                                                        source_address=src)
                     socks[i].sendall(b"POST /api/translate HTTP/1.1\r\nHost: x\r\n")
                     counts["opened"] = counts.get("opened", 0) + 1
                 else:
@@ -364,16 +377,20 @@ def slow_connections(port: int, n: int, stop: threading.Event, counts: dict) -> 
             s.close()
 
 
-def _attack(port: int, mix: str, slow: int, stop, queue) -> None:
+def _attack(port: int, body: tuple[bytes, str] | None, slow: int, stop, queue,
+            source: str | None) -> None:
     """In a process of its own (an attacker is another client, not a thread sharing the
-    measuring clients' interpreter): run one hostile mix until ``stop``."""
+    measuring clients' interpreter): send ``body`` in a loop (None: hold ``slow`` slow
+    connections) until ``stop``. The body is made beforehand, by the parent: making the
+    PNG bombs costs seconds of CPU, which must not fall in the measured time."""
     counts: dict = {}
     ev = threading.Event()
-    hostile = hostile_bodies()
-    if mix in hostile:
-        t = threading.Thread(target=attacker, args=(port, hostile[mix], ev, counts), daemon=True)
+    if body is not None:
+        t = threading.Thread(target=attacker, args=(port, body, ev, counts, source),
+                             daemon=True)
     else:
-        t = threading.Thread(target=slow_connections, args=(port, slow, ev, counts), daemon=True)
+        t = threading.Thread(target=slow_connections, args=(port, slow, ev, counts, source),
+                             daemon=True)
     t.start()
     stop.wait()
     ev.set()
@@ -382,16 +399,25 @@ def _attack(port: int, mix: str, slow: int, stop, queue) -> None:
 
 
 def run_hostile(port: int, clients: int, seconds: float, max_requests: int,
-                bodies: list[tuple[bytes, str]], slow: int = 120) -> dict[str, Any]:
-    """Normal clients alone, then beside each hostile mix; their p50 and errors each time."""
+                bodies: list[tuple[bytes, str]], slow: int = 120,
+                own_addresses: bool = True) -> dict[str, Any]:
+    """Normal clients alone, then beside each hostile mix; their p50 and errors each time.
+    ``own_addresses``: each mix from a loopback address of its own (else from HOST, like
+    the normal clients)."""
     import multiprocessing as mp
-    mixes = ["quiet", *hostile_bodies(), f"{slow}_slow_connections"]
+    hostile = hostile_bodies()
+    # quiet again at the end: how much the normal clients' own figure drifted meanwhile
+    # (another job on the machine) -- the noise floor of the ratios
+    mixes = ["quiet", *hostile, f"{slow}_slow_connections", "quiet_again"]
     out: dict[str, Any] = {}
     for mix in mixes:
         proc = None
-        if mix != "quiet":
+        source = None
+        if not mix.startswith("quiet"):
+            source = ATTACKER_ADDRESSES.get(mix, ATTACKER_ADDRESSES["slow"]) if own_addresses else None
             stop, queue = mp.Event(), mp.Queue()
-            proc = mp.Process(target=_attack, args=(port, mix, slow, stop, queue), daemon=True)
+            proc = mp.Process(target=_attack, args=(port, hostile.get(mix), slow, stop, queue,
+                                                    source), daemon=True)
             proc.start()
             time.sleep(1.5)
         print(f"{clients} normal client(s) beside: {mix} ...", flush=True)
@@ -404,14 +430,15 @@ def run_hostile(port: int, clients: int, seconds: float, max_requests: int,
         res.pop("_raw", None)
         out[mix] = {"normal_p50_ms": res["latency_ms"]["p50"], "normal_p95_ms": res["latency_ms"]["p95"],
                     "normal_requests_per_s": res["requests_per_s"], "normal_errors": res["errors"],
-                    "hostile_answers": counts}
+                    "hostile_answers": counts, "hostile_from": source or (HOST if proc else None)}
         print(f"  p50 {out[mix]['normal_p50_ms']} ms, {out[mix]['normal_requests_per_s']} req/s, "
               f"errors {res['errors']}, hostile {counts}", flush=True)
     quiet = out["quiet"]["normal_p50_ms"]
     out["checks"] = {mix: {"p50_ratio_to_quiet": round(v["normal_p50_ms"] / quiet, 2),
                            "within_2x": v["normal_p50_ms"] <= 2 * quiet,
                            "zero_errors": not v["normal_errors"]}
-                     for mix, v in out.items() if mix != "quiet"}
+                     for mix, v in out.items() if not mix.startswith("quiet")}
+    out["checks"]["quiet_again_ratio_to_quiet"] = round(out["quiet_again"]["normal_p50_ms"] / quiet, 2)
     return out
 
 
@@ -440,6 +467,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--hostile", type=int, default=0, metavar="CLIENTS",
                     help="also run CLIENTS normal clients beside each hostile mix (thin PNG, "
                          "16-bit bomb, 120 slow connections) and check their p50 and errors")
+    ap.add_argument("--attackers-share-address", action="store_true",
+                    help="hostile clients connect from 127.0.0.1 like the normal ones (as "
+                         "before per-address accounting); default: each mix from its own "
+                         "loopback address (127.0.0.2-5)")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/web_load_<backend>.json)")
     ap.add_argument("--note", default="", help="free text stored with the result")
     a = ap.parse_args(argv)
@@ -549,7 +580,8 @@ def main(argv: list[str] | None = None) -> int:
         run_level(port, 1, min(2.0, a.seconds), 200, bodies)         # warm the server path
         results, model_times = _levels(a, port, alone, bodies)
         if a.hostile:
-            hostile = run_hostile(port, a.hostile, a.seconds, a.max_requests, bodies)
+            hostile = run_hostile(port, a.hostile, a.seconds, a.max_requests, bodies,
+                                  own_addresses=not a.attackers_share_address)
     finally:
         alone.close()
         _stop(proc)
@@ -561,7 +593,8 @@ def main(argv: list[str] | None = None) -> int:
         "inputs": images_note,
         "server": {"host": HOST, "waitress_threads": a.threads, "backend": info.get("backend"),
                    "batcher": {k: info["config"][k] for k in ("batch_max_size", "batch_max_wait_ms",
-                                                              "batch_wait_policy", "queue_size")}},
+                                                              "batch_wait_policy", "queue_size")},
+                   "per_client": {k: v for k, v in info["config"].items() if k.startswith("client_")}},
         "model_alone": {
             "translate_ms": summary_ms(model_times),
             "note": "Translator.translate on a decoded RGB array (detect + fit + engine + unfit), "

@@ -413,3 +413,134 @@ def test_big_images_queue_apart_from_small_ones(tiny_checkpoint):
         slot.release()
     assert _post(c, big).status_code == 200
     holder.close()
+
+
+# ----------------------------------------------------------------- per-client penalty
+class _Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_client_meter_penalizes_refusals_and_cpu_per_client_and_forgets():
+    from webui.server import ClientMeter
+    clock = _Clock()
+    m = ClientMeter(refusal_limit=5, cpu_share=0.1, window_s=10.0, request_limit=100,
+                    cpu_free_s=0.025, clock=clock)
+    for _ in range(5):
+        m.charge("a", refused=True, cpu_s=0.001)
+    assert m.penalty("a") == 0                       # at the limit, not over it
+    m.charge("a", refused=True, cpu_s=0.001)
+    assert m.penalty("a") > 0 and m.penalty("b") == 0
+    for _ in range(50):                              # normal uploads: under the free CPU
+        m.charge("b", cpu_s=0.010)
+    assert m.penalty("b") == 0
+    for _ in range(5):                               # costly ones: 0.475 s charged each
+        m.charge("c", cpu_s=0.5)
+    assert m.penalty("c") > 0
+    clock.t += 10.0 * 0.7                            # the sums decay (capped at 2x limit)
+    assert m.penalty("a") == 0 and m.penalty("c") == 0
+    clock.t += 120.0
+    m.prune()
+    assert len(m) == 0
+
+
+def test_client_meter_trusts_forwarded_for_from_loopback_only():
+    from webui.server import ClientMeter
+    m = ClientMeter(10, 0.1, 10.0, forwarded_for=True)
+    assert m.key("127.0.0.1", "6.6.6.6, 203.0.113.7") == "203.0.113.7"   # what ngrok appended
+    assert m.key("127.0.0.1", None) == "127.0.0.1"
+    assert m.key("198.51.100.2", "203.0.113.7") == "198.51.100.2"        # not a local proxy
+    assert ClientMeter(10, 0.1, 10.0).key("127.0.0.1", "203.0.113.7") == "127.0.0.1"
+
+
+@pytest.fixture()
+def penalty_server(tiny_checkpoint):
+    """The real app under GuardedServer with a low refusal limit and a short window."""
+    import threading
+    from webui import WebConfig, create_app
+    from webui.server import create_server
+    cfg = WebConfig(model=str(tiny_checkpoint), max_upload_bytes=1 << 20, client_refusal_limit=3,
+                    client_window_s=1.0, client_hold_s=0.3, client_forwarded_for=True)
+    app = create_app(cfg)
+    assert app.extensions["facesketch"].wait(180)
+    server = create_server(app, cfg, port=0, threads=4)
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    yield server
+    _stop_server(server, t)
+    app.extensions["facesketch"].close()
+
+
+def _stop_server(server, thread) -> None:
+    """Close the server in its own loop thread (as `serve` does) and wait for it."""
+    from webui.serve import _stop
+    try:
+        server.trigger.pull_trigger(lambda: _stop(server))
+    except OSError:                  # its loop has gone already (its trigger is closed)
+        server.close()
+    thread.join(10)
+
+
+def _post_from(port: int, source: str, data: bytes, headers: dict | None = None):
+    import http.client
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n"
+            b"Content-Type: image/png\r\n\r\n" + data + b"\r\n--b--\r\n")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20, source_address=(source, 0))
+    try:
+        t = time.monotonic()
+        conn.request("POST", "/api/translate", body=body,
+                     headers={"Content-Type": "multipart/form-data; boundary=b", **(headers or {})})
+        r = conn.getresponse()
+        return r.status, dict(r.getheaders()), r.read(), time.monotonic() - t
+    finally:
+        conn.close()
+
+
+def test_a_client_that_keeps_being_refused_gets_held_429s_others_do_not(penalty_server):
+    """The review's flood (one client looping on a refused upload): after a few refusals
+    its requests are held in the server loop and answered JSON 429 with Retry-After,
+    never reaching the app; another address is served as usual; the penalty expires."""
+    import json
+    port = penalty_server.effective_port
+    thin = png_header_only(5, 3_000_000)             # refused from its header: 400 bad_shape
+    statuses = [_post_from(port, "127.0.0.2", thin)[0] for _ in range(4)]
+    assert statuses == [400, 400, 400, 400]
+    status, headers, body, took = _post_from(port, "127.0.0.2", thin)
+    assert status == 429 and int(headers["Retry-After"]) >= 1 and took >= 0.25   # held
+    assert headers["Content-Type"] == "application/json" and headers["X-Content-Type-Options"] == "nosniff"
+    assert json.loads(body)["code"] == "too_many_requests"
+    assert penalty_server.meter.penalized >= 1
+    # another address: its refused upload is answered by the app, its good one too
+    assert _post_from(port, "127.0.0.3", thin)[0] == 400
+    ok, _, png, _ = _post_from(port, "127.0.0.3", encode(face(), "PNG"))
+    assert ok == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
+    # behind the local proxy, visitors are told apart by the X-Forwarded-For it appends
+    assert _post_from(port, "127.0.0.4", thin, {"X-Forwarded-For": "203.0.113.9"})[0] == 400
+    time.sleep(1.0 * 0.7 + 0.4)                      # window * ln 2: the sums decay
+    assert _post_from(port, "127.0.0.2", thin)[0] == 400
+
+
+def test_a_client_looping_on_costly_uploads_is_held_too(tiny_checkpoint):
+    """Accepted but costly uploads (a big 16-bit PNG is decoded in full): the worker CPU
+    each takes beyond the free allowance counts against its client's share."""
+    import threading
+    from webui import WebConfig, create_app
+    from webui.server import create_server
+    cfg = WebConfig(model=str(tiny_checkpoint), max_upload_bytes=1 << 20, client_cpu_share=0.01,
+                    client_cpu_free_ms=1.0, client_window_s=5.0, client_hold_s=0.1)
+    app = create_app(cfg)
+    assert app.extensions["facesketch"].wait(180)
+    server = create_server(app, cfg, port=0, threads=4)
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    try:
+        big = png_gray(1500, 1500, 16)
+        statuses = [_post_from(server.effective_port, "127.0.0.5", big)[0] for _ in range(6)]
+        assert statuses[0] == 200 and 429 in statuses
+        assert _post_from(server.effective_port, "127.0.0.6", big)[0] == 200
+    finally:
+        _stop_server(server, t)
+        app.extensions["facesketch"].close()

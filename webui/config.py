@@ -60,6 +60,25 @@ class WebConfig:
     # framing before translating (the default answer of /api/translate; the form field
     # "align" overrides it per request); "off" translates whole images.
     align: str = choices("auto", "off", default="auto")
+    # Per client address (webui.server.ClientMeter): sums that decay over client_window_s
+    # of its requests refused (4xx: bad, oversized, cross-site uploads), of all its
+    # requests, and of the CPU seconds its requests took in their worker thread beyond
+    # client_cpu_free_ms each. A client over any limit has its next requests held
+    # client_hold_s in the server loop, then answered 429 with Retry-After, without
+    # reaching the app, until its sums decay. 0 turns a limit off. Behind one NAT, or
+    # a proxy that is not trusted (see client_forwarded_for), all clients share one
+    # address and so these limits.
+    client_refusal_limit: int = 10      # refusals in about client_window_s (1/s sustained)
+    client_request_limit: int = 600     # requests in about client_window_s (60/s sustained)
+    client_cpu_share: float = 0.1       # of one core, averaged over about client_window_s
+    # A typical upload costs its worker 5-10 ms (a 200x250 photo 7, a 512x384 webcam
+    # frame 10); only what a request takes beyond this is charged to client_cpu_share.
+    client_cpu_free_ms: float = 25.0
+    client_window_s: float = 10.0
+    client_hold_s: float = 1.0
+    # Key clients by the last X-Forwarded-For entry on connections from loopback (a
+    # local proxy: the ngrok agent of --share, which sets this), else by peer address.
+    client_forwarded_for: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "WebConfig":
@@ -86,6 +105,14 @@ class WebConfig:
             raise ConfigError(f"retry_after_s must be >= 1, got {self.retry_after_s!r}")
         if not 0 <= self.png_compress_level <= 9:
             raise ConfigError(f"png_compress_level must be 0..9, got {self.png_compress_level!r}")
+        for name in ("client_refusal_limit", "client_request_limit", "client_cpu_share",
+                     "client_cpu_free_ms"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0: off), got {getattr(self, name)!r}")
+        if not self.client_window_s > 0:
+            raise ConfigError(f"client_window_s must be > 0, got {self.client_window_s!r}")
+        if not 0 <= self.client_hold_s <= 30:
+            raise ConfigError(f"client_hold_s must be 0..30, got {self.client_hold_s!r}")
         if not self.formats:
             raise ConfigError("formats must name at least one image format")
         self.formats = tuple(str(f).upper() for f in self.formats)

@@ -7,7 +7,10 @@
 - The server is webui.server's GuardedServer: bodies over the upload limit are
   refused from their Content-Length (JSON 413), bodies being received spool to a
   temporary file past 1 MiB, slow clients are cut off after a per-request deadline
-  and idle ones after 30 s (see that module for the settings, which --share keeps).
+  and idle ones after 30 s, and a client address that keeps sending refused or
+  costly requests gets held 429s with Retry-After for a few seconds (see that module
+  for the settings, which --share keeps; with --share clients are told apart by the
+  X-Forwarded-For address the ngrok agent appends).
 - ``--share``: pyngrok is imported only then, and nothing is downloaded at run
   time: the ngrok agent must already be installed. How the token reaches the
   agent: it is read from NGROK_AUTHTOKEN and at once removed from this process's
@@ -29,6 +32,7 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import shlex
@@ -286,6 +290,10 @@ def serve(config: WebConfig, host: str = "127.0.0.1", port: int = 5000, threads:
     if not Path(config.model).exists():
         raise FileNotFoundError(f"model not found: {config.model} (a bundle folder or a checkpoint)")
     token = take_token() if share else None   # before any thread starts, see open_tunnel
+    if share and not config.client_forwarded_for:
+        # every tunnelled request comes from the local agent: count clients by the
+        # address ngrok appends to X-Forwarded-For (webui.server.ClientMeter.key)
+        config = dataclasses.replace(config, client_forwarded_for=True)
     app, server = make_server(config, host, port, threads)
     actual = server.effective_port
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
