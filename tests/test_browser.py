@@ -232,3 +232,47 @@ def test_webcam_converts_continuously_one_request_at_a_time(server, browser):
     assert seen["console_errors"] == []
     _only_local(seen, base)
     ctx.close()
+
+
+def test_off_centre_face_comes_back_framed_with_its_box(server, browser, fs2k, tmp_path):
+    """A phone-style picture (the face small and off centre on a busy background): the
+    result is the framed face (4:5), the page draws the face box over the input where
+    the face is, and says what it did; "whole image" turns it off."""
+    from facesketch.imageio import decode
+    from tests.test_face import off_centre
+    base, _ = server
+    ARTIFACTS.mkdir(exist_ok=True)
+    frame = off_centre(decode(fs2k / "style3" / "photos" / "0005.jpg"))
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(frame).save(path, quality=90)
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = ctx.new_page()
+    seen = _watch(page, base)
+    page.goto(base + "/", wait_until="load")
+    page.wait_for_function("() => document.getElementById('status').textContent === 'ready'",
+                           timeout=TIMEOUT_MS)
+    shown = _convert(page, path)
+    assert shown["error"] == ""
+    assert abs(shown["w"] / shown["h"] - 0.8) < 0.01, shown
+    assert page.text_content("#face") == "aligned"
+    page.wait_for_selector("#face-box:not([hidden])", timeout=TIMEOUT_MS)
+    box = page.locator("#face-box").bounding_box()
+    img = page.locator("#input-img").bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    # the face sits at 72% across and 30% down the picture; the box is drawn there
+    assert img["x"] + 0.6 * img["width"] < cx < img["x"] + 0.85 * img["width"], (box, img)
+    assert box["width"] < 0.5 * img["width"]
+    page.screenshot(path=str(ARTIFACTS / "browser_off_centre_face.png"), full_page=True)
+    before = page.get_attribute("#result-img", "src")
+    page.select_option("#align", "off")
+    page.wait_for_function("(b) => document.getElementById('result-img').src !== b", arg=before,
+                           timeout=TIMEOUT_MS)
+    page.wait_for_function("() => document.getElementById('face').textContent === 'off'",
+                           timeout=TIMEOUT_MS)
+    assert page.is_hidden("#face-box")
+    w, h = page.evaluate("() => [document.getElementById('result-img').naturalWidth,"
+                         " document.getElementById('result-img').naturalHeight]")
+    assert (w, h) == (frame.shape[1], frame.shape[0])
+    assert seen["console_errors"] == []
+    _only_local(seen, base)
+    ctx.close()

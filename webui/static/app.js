@@ -141,13 +141,13 @@
         showError(msg);
       } else {
         const out = await r.blob();
-        setResult(out, r.headers, performance.now() - t0);
         const boxText = r.headers.get("X-Face-Box");
         state.faceBox = boxText ? boxText.split(",").map(Number) : null;
         state.sentSize = state.stream ? [el.canvas.width, el.canvas.height] : await imageSize(blob);
         el.face.textContent = r.headers.get("X-Face") || "\u2013";
         el.faceBox.dataset.box = boxText || "";
         drawFaceBox();
+        setResult(out, r.headers, performance.now() - t0);
         showError("");
       }
     } catch (e) {
