@@ -64,7 +64,10 @@ def example_grid(model: str | Path, out: str | Path) -> Path:
     from runtime import Translator
     t = Translator.load(model)
     photo = example_photo()
-    sketch = t.translate(photo, direction="photo2sketch").image
+    r = t.translate(photo, direction="photo2sketch", align="auto")   # framed as in training
+    if r.alignment is not None:
+        photo = r.alignment.crop
+    sketch = r.image
     back = t.translate(sketch, direction="sketch2photo").image
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -124,11 +127,11 @@ def run_demo(model: str | Path | None = None, bundle: str | Path = DEFAULT_BUNDL
     out_dir = bundle.parent / f"{bundle.name}-demo"
     out_dir.mkdir(parents=True, exist_ok=True)
     for f in files:
-        r = translator.translate(f)
+        r = translator.translate(f, align="auto")
         target = out_dir / f"{f.parent.name}_{f.stem}_{r.direction}.png"
         imageio.save_png(r.image, target)
-        echo(f"  {f} -> {target}  ({r.domain} detected, {r.confidence:.2f}; {r.backend}, "
-             f"{r.latency_ms:.0f} ms)")
+        echo(f"  {f} -> {target}  ({r.domain} detected, {r.confidence:.2f}; face: {r.face}; "
+             f"{r.backend}, {r.latency_ms:.0f} ms)")
 
     result = run_bench(bundle, batch_sizes=(1, 8), runs=10, json_out=None, echo=lambda s: None)
     echo(format_table(result))

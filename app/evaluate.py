@@ -492,6 +492,14 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def _sizes(sizes: Sequence[str], show: int = 6) -> str:
+    """The native sizes, or their count and range when there are many (aligned crops)."""
+    if len(sizes) <= show:
+        return ", ".join(sizes)
+    area = sorted(sizes, key=lambda s: int(s.split("x")[0]) * int(s.split("x")[1]))
+    return f"{len(sizes)} sizes, {area[0]} to {area[-1]}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: metrics per direction and subset beside the published
     anchors, what the untranslated input scores, and the detector's accuracy."""
@@ -499,7 +507,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"Model `{m['path']}` ({m['kind']}, {m['image_size']}x{m['image_size']}, "
              f"backend {m['backend']}, detector {m['detector']}); "
              f"{report['data']['pairs']} pairs from `{report['data']['photos']}` at native size "
-             f"({', '.join(report['data']['native_sizes'])}).", ""]
+             f"({_sizes(report['data']['native_sizes'])}).", ""]
     if report["data"].get("align"):
         lines[-1:] = ["", f"Scored on the largest face's region (found on the photo in "
                       f"{report['data']['face_regions']} pairs, cut from photo and sketch alike; the "

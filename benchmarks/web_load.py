@@ -208,8 +208,20 @@ def multipart(name: str, data: bytes, boundary: str = "facesketchbench") -> tupl
     return head + data + tail, f"multipart/form-data; boundary={boundary}"
 
 
+def with_field(body: bytes, ctype: str, name: str, value: str) -> bytes:
+    """A multipart body with one more form field (before the closing boundary)."""
+    boundary = ctype.split("boundary=", 1)[1]
+    end = f"--{boundary}--\r\n".encode()
+    extra = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n"
+             f"{value}\r\n").encode()
+    return body[:-len(end)] + extra + end
+
+
 def run_level(port: int, clients: int, seconds: float, max_requests: int,
-              bodies: list[tuple[bytes, str]]) -> dict[str, Any]:
+              bodies: list[tuple[bytes, str]], echo_face_box: bool = False) -> dict[str, Any]:
+    """``echo_face_box``: send each client's last X-Face-Box back as the page's camera
+    loop does (the server then steadies the crop)."""
+    faces: dict[str, int] = {}
     lat: list[list[float]] = [[] for _ in range(clients)]
     errors: list[dict[str, int]] = [{} for _ in range(clients)]
     server_model_ms: list[list[float]] = [[] for _ in range(clients)]
@@ -220,9 +232,11 @@ def run_level(port: int, clients: int, seconds: float, max_requests: int,
     def client(k: int) -> None:
         conn = http.client.HTTPConnection(HOST, port, timeout=60)
         start.wait()
-        i = k
+        i, box = k, None
         while time.perf_counter() < stop_at[0] and budget.acquire(blocking=False):
             body, ctype = bodies[i % len(bodies)]
+            if echo_face_box and box:
+                body = with_field(body, ctype, "face_box", box)
             i += clients
             t = time.perf_counter()
             try:
@@ -234,6 +248,9 @@ def run_level(port: int, clients: int, seconds: float, max_requests: int,
                 if r.status == 200 and payload[:8] == b"\x89PNG\r\n\x1a\n":
                     lat[k].append(dt)
                     server_model_ms[k].append(float(r.getheader("X-Latency-Ms", "nan")))
+                    face = r.getheader("X-Face", "none")
+                    faces[face] = faces.get(face, 0) + 1
+                    box = r.getheader("X-Face-Box")
                 else:
                     errors[k][f"http_{r.status}"] = errors[k].get(f"http_{r.status}", 0) + 1
             except (OSError, http.client.HTTPException) as exc:
@@ -273,7 +290,7 @@ def run_level(port: int, clients: int, seconds: float, max_requests: int,
         "latency_ms": summary_ms(all_lat),
         "server_reported_model_ms_p50": round(percentile(all_model, 50), 2),
         "batches": batches, "mean_batch": round(images / batches, 2) if batches else None,
-        "batch_sizes": sizes,
+        "batch_sizes": sizes, "faces": faces,
     }
 
 
@@ -297,7 +314,9 @@ def merge_levels(parts: list[dict[str, Any]]) -> dict[str, Any]:
             "latency_ms": summary_ms(lat),
             "server_reported_model_ms_p50": round(percentile(srv, 50), 2),
             "batches": batches, "mean_batch": round(images / batches, 2) if batches else None,
-            "batch_sizes": sizes}
+            "batch_sizes": sizes,
+            "faces": {f: sum(p.get("faces", {}).get(f, 0) for p in parts)
+                      for f in sorted({f for p in parts for f in p.get("faces", {})})}}
 
 
 # ------------------------------------------------------------------ hostile mixes
@@ -513,11 +532,11 @@ def _levels(a, port: int, alone: "ModelAlone", bodies) -> tuple[list[dict], list
             for _ in range(a.rounds):
                 model_times += alone.run_for(a.model_seconds / a.rounds)
                 parts.append(run_level(port, 1, a.seconds / a.rounds,
-                                       max(1, a.max_requests // a.rounds), bodies))
+                                       max(1, a.max_requests // a.rounds), bodies, bool(a.frame)))
             res = merge_levels(parts)
         else:
             print(f"{clients} client(s) for {a.seconds:.0f} s ...", flush=True)
-            res = run_level(port, clients, a.seconds, a.max_requests, bodies)
+            res = run_level(port, clients, a.seconds, a.max_requests, bodies, bool(a.frame))
         print(f"  {res['requests_per_s']} req/s, p50 {res['latency_ms']['p50']} ms, "
               f"p99 {res['latency_ms']['p99']} ms, errors {res['errors']}, "
               f"mean batch {res['mean_batch']}", flush=True)
