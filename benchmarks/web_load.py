@@ -163,14 +163,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, backend: str, port: int, threads: int, log_path: Path):
+def start_server(model: str, backend: str, port: int, threads: int, log_path: Path,
+                 align: str = "auto"):
     env = dict(os.environ)
     env.pop("NGROK_AUTHTOKEN", None)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--model", model,
                              "--backend", backend, "--host", HOST, "--port", str(port),
-                             "--threads", str(threads)], stdout=log, stderr=subprocess.STDOUT,
+                             "--threads", str(threads), "--align", align], stdout=log, stderr=subprocess.STDOUT,
                             env=env, start_new_session=True)
     return proc, log
 
@@ -490,6 +491,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                     help="hostile clients connect from 127.0.0.1 like the normal ones (as "
                          "before per-address accounting); default: each mix from its own "
                          "loopback address (127.0.0.2-5)")
+    ap.add_argument("--align", default="auto", choices=("auto", "off"),
+                    help="the server's face alignment (serve --align; default auto)")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/web_load_<backend>.json)")
     ap.add_argument("--note", default="", help="free text stored with the result")
     a = ap.parse_args(argv)
@@ -590,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     batch_table = alone.batch_table([1, 2, 4, 8], max(1.0, a.model_seconds / 4))
     tr_info = alone.tr.info()
     port = free_port()
-    proc, log = start_server(model, a.backend, port, a.threads, Path(tmp.name) / "serve.log")
+    proc, log = start_server(model, a.backend, port, a.threads, Path(tmp.name) / "serve.log", a.align)
     hostile = None
     try:
         wait_healthy(port, proc, 300)
@@ -610,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "web_load",
         "model": model_note, "backend": alone.tr.backend, "image_size": alone.tr.image_size,
         "inputs": images_note,
-        "server": {"host": HOST, "waitress_threads": a.threads, "backend": info.get("backend"),
+        "server": {"host": HOST, "waitress_threads": a.threads, "backend": info.get("backend"), "align": a.align,
                    "batcher": {k: info["config"][k] for k in ("batch_max_size", "batch_max_wait_ms",
                                                               "batch_wait_policy", "queue_size")},
                    "per_client": {k: v for k, v in info["config"].items() if k.startswith("client_")}},

@@ -252,6 +252,11 @@ class FaceFinder:
         w = self.template["size"][0] * src_eyes / max(tmpl_eyes, 1e-6)
         return int(min(MAX_CROP_SIDE, max(self.template["size"][0], round(w))))
 
+    def transform(self, face: Face, crop_w: int) -> np.ndarray:
+        """The crop -> image transform putting ``face``'s eyes and mouth on the template
+        in a crop ``crop_w`` wide (no pixels touched)."""
+        return similarity(self.template_points(crop_w), face.keypoints[list(ALIGN_POINTS)])
+
     def align(self, rgb: np.ndarray, face: Face, matrix: np.ndarray | None = None,
               crop_w: int | None = None, refine: bool = True) -> Alignment:
         """The crop of ``face`` in CUFS framing (``matrix``: a given crop -> image transform,
@@ -263,7 +268,7 @@ class FaceFinder:
         sample = lambda m: warp_crop(rgb, m, (crop_w, crop_h))  # noqa: E731
         target = self.template_points(crop_w)
         if matrix is None:
-            matrix = similarity(target, face.keypoints[list(ALIGN_POINTS)])
+            matrix = self.transform(face, crop_w)
             if refine:
                 # the keypoints of a small or turned face are coarse: find them again on the
                 # first crop (the face now upright at the template's scale) and correct

@@ -63,17 +63,17 @@ def frame_face(rgb: np.ndarray, previous_box: str | None = None
     if previous_box is None:
         al = f.align(rgb, face)
         return al.crop, al, "aligned"
-    current = f.align(rgb, face)
-    crop_h, crop_w = current.crop.shape[:2]
+    # video: no refinement pass (the smoothing steadies the keypoints' jitter), one warp
+    crop_w = f.crop_width(face)
+    tw, th = f.template["size"]
+    current = f.transform(face, crop_w)
     try:
-        prev = F.box_matrix(F.parse_box(previous_box), crop_w, crop_h)
+        prev = F.box_matrix(F.parse_box(previous_box), crop_w, round(crop_w * th / tw))
     except ValueError:
-        return current.crop, current, "aligned"
-    steady = F.smooth(prev, current.matrix, face.width)
-    if steady is current.matrix:
-        return current.crop, current, "aligned"
+        prev = None
+    steady = F.smooth(prev, current, face.width)
     al = f.align(rgb, face, matrix=steady, crop_w=crop_w)
-    return al.crop, al, "aligned (smoothed)"
+    return al.crop, al, "aligned" if steady is current else "aligned (smoothed)"
 
 
 def paste_back(frame: np.ndarray, result: np.ndarray, alignment: F.Alignment | None) -> np.ndarray:
