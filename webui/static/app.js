@@ -134,7 +134,7 @@
       if (!r.ok) {
         let msg = `error ${r.status}`;
         try { const body = await r.json(); msg = body.error || msg; } catch (e) { /* not JSON */ }
-        if (r.status === 503) {
+        if (r.status === 503 || r.status === 429) {   // busy, or this client is over its share
           retryMs = 1000 * Math.max(1, parseInt(r.headers.get("Retry-After") || "1", 10));
           msg += ` (retrying in ${retryMs / 1000} s)`;
         }
