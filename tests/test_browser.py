@@ -60,14 +60,20 @@ def server(tiny_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def playwright():
+    """One Playwright driver per module (its sync API cannot be started twice at once)."""
     _need_browser()
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + FAKE_CAMERA_ARGS,
-                              headless=True)
-        yield b
-        b.close()
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    b = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + FAKE_CAMERA_ARGS,
+                                   headless=True)
+    yield b
+    b.close()
 
 
 def _watch(page, base: str) -> dict:
@@ -295,46 +301,45 @@ def _y4m(frames: list, path: Path, fps: int = 10) -> None:
                 f.write(np.clip(plane + 0.5, 0, 255).astype(np.uint8).tobytes())
 
 
-def test_webcam_follows_a_moving_face(server, fs2k, tmp_path):
+def test_webcam_follows_a_moving_face(server, playwright, fs2k, tmp_path):
     """A camera whose picture is a real face moving across a room (a Y4M file played by
     Chromium's fake camera): the face box the page draws follows it."""
     import numpy as np
     from facesketch.imageio import decode
     from tests.test_face import off_centre
-    from playwright.sync_api import sync_playwright
     base, _ = server
     photo = decode(fs2k / "style3" / "photos" / "0005.jpg")
     frames = [off_centre(photo, canvas=(640, 480), scale=0.6, at=(x, 0.45))
               for x in np.r_[np.linspace(0.3, 0.7, 20), np.linspace(0.7, 0.3, 20)]]
     video = tmp_path / "moving_face.y4m"
     _y4m(frames, video)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS + [
-            "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-            f"--use-file-for-fake-video-capture={video}"])
-        ctx = b.new_context(viewport={"width": 1280, "height": 900}, permissions=["camera"])
-        page = ctx.new_page()
-        seen = _watch(page, base)
-        page.goto(base + "/", wait_until="load")
-        page.wait_for_function("() => document.getElementById('status').textContent === 'ready'",
-                               timeout=TIMEOUT_MS)
-        page.click("#camera-btn")
-        boxes, faces = [], set()
-        for _ in range(400):
-            box = page.get_attribute("#face-box", "data-box")
-            faces.add(page.text_content("#face"))
-            if box:
-                x, y, w, h, _ = (float(v) for v in box.split(","))
-                boxes.append(x + w / 2)
-            if len(boxes) >= 30 and max(boxes) - min(boxes) > 120:
-                break
-            page.wait_for_timeout(100)
-        page.screenshot(path=str(ARTIFACTS / "browser_camera_moving_face.png"), full_page=True)
-        page.click("#camera-btn")
-        assert seen["max_in_flight"] == 1
-        assert seen["console_errors"] == []
-        ctx.close()
-        b.close()
+    # a browser of its own: its camera plays the file
+    b = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS + [
+        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-video-capture={video}"])
+    ctx = b.new_context(viewport={"width": 1280, "height": 900}, permissions=["camera"])
+    page = ctx.new_page()
+    seen = _watch(page, base)
+    page.goto(base + "/", wait_until="load")
+    page.wait_for_function("() => document.getElementById('status').textContent === 'ready'",
+                           timeout=TIMEOUT_MS)
+    page.click("#camera-btn")
+    boxes, faces = [], set()
+    for _ in range(400):
+        box = page.get_attribute("#face-box", "data-box")
+        faces.add(page.text_content("#face"))
+        if box:
+            x, y, w, h, _ = (float(v) for v in box.split(","))
+            boxes.append(x + w / 2)
+        if len(boxes) >= 30 and max(boxes) - min(boxes) > 120:
+            break
+        page.wait_for_timeout(100)
+    page.screenshot(path=str(ARTIFACTS / "browser_camera_moving_face.png"), full_page=True)
+    page.click("#camera-btn")
+    assert seen["max_in_flight"] == 1
+    assert seen["console_errors"] == []
+    ctx.close()
+    b.close()
     assert boxes, f"no face box while the camera showed a face (faces: {faces})"
     # the canvas sent is the 640x480 camera frame; the face's centre moved 0.3 -> 0.7 of it
     assert max(boxes) - min(boxes) > 120, (min(boxes), max(boxes), faces)

@@ -140,8 +140,11 @@ def test_two_process_ddp_keeps_ranks_identical_and_one_process_resumes(tmp_path,
 def _start_two_ranks(out: Path, dg: Path, cufs: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "app.cli", "train", "--nproc", "2", "--data", str(cufs),
            "--out", str(out), *TINY, "--epochs", "50"]
+    # SIGINT back to its default: a shell's background job (`pytest ... &`) starts with it
+    # ignored, which Python then keeps, so the launcher would never see the Ctrl-C
     proc = subprocess.Popen(cmd, env=_env(dg), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     log = out / "log.jsonl"
     while not (log.is_file() and log.read_text().count("\n") >= 3
