@@ -31,8 +31,7 @@ def eye_error(finder: FaceFinder, crop: np.ndarray) -> float | None:
     faces = finder.detect(crop)
     if not faces:
         return None
-    w = crop.shape[1]
-    tmpl = np.asarray(finder.template["points"]) * np.array([w, w * crop.shape[0] / w])
+    tmpl = np.asarray(finder.template["points"]) * np.array([crop.shape[1], crop.shape[0]])
     face_w = float(tmpl[5, 0] - tmpl[4, 0])
     err = np.hypot(*(faces[0].keypoints[:2] - tmpl[:2]).T)
     return float(err.max() / face_w)

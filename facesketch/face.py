@@ -69,7 +69,6 @@ class Alignment:
     crop: np.ndarray              # H x W x 3 uint8, CUFS framing
     matrix: np.ndarray            # 2 x 3, crop -> image
     face: Face
-    image_size: tuple[int, int]   # (width, height) of the image it came from
     corners: np.ndarray = field(default=None)  # 4 x 2, the crop's corners in the image
 
     @property
@@ -278,8 +277,7 @@ class FaceFinder:
                     matrix = compose(matrix, fix)
         crop = sample(matrix)
         corners = np.array([[0, 0, 1], [crop_w, 0, 1], [crop_w, crop_h, 1], [0, crop_h, 1]], float)
-        return Alignment(crop, matrix, face, (rgb.shape[1], rgb.shape[0]),
-                         corners @ matrix.T)
+        return Alignment(crop, matrix, face, corners @ matrix.T)
 
 
 def border_pixels(rgb: np.ndarray) -> np.ndarray:

@@ -35,16 +35,6 @@ def finder() -> F.FaceFinder | None:
         return None
 
 
-def status() -> dict:
-    """What /api/info and the model card say about alignment."""
-    try:
-        f = F.default_finder()
-    except F.FaceFinderUnavailable as exc:
-        return {"available": False, "reason": str(exc)}
-    return {"available": True, "finder": "BlazeFace short range (ONNX)",
-            "template": {"size": f.template["size"], "source": f.template.get("source", "")}}
-
-
 def frame_face(rgb: np.ndarray, previous_box: str | None = None
                ) -> tuple[np.ndarray, F.Alignment | None, str]:
     """(image to translate, alignment or None, what was done) for align="auto".

@@ -99,6 +99,16 @@ def _watch(page, base: str) -> dict:
     return seen
 
 
+def _open(ctx, base: str):
+    """A new page on the app, watched (see _watch), once the model is ready."""
+    page = ctx.new_page()
+    seen = _watch(page, base)
+    page.goto(base + "/", wait_until="load")
+    page.wait_for_function("() => document.getElementById('status').textContent === 'ready'",
+                           timeout=TIMEOUT_MS)
+    return page, seen
+
+
 def _only_local(seen: dict, base: str) -> None:
     foreign = [u for u in seen["urls"] if not (u.startswith(base) or u.startswith(("blob:", "data:")))]
     assert foreign == [], f"the page fetched from elsewhere: {foreign}"
@@ -130,11 +140,7 @@ def test_page_converts_cufs_photo_and_sketch(server, browser, cufs):
     ARTIFACTS.mkdir(exist_ok=True)
     backend = app.extensions["facesketch"].translator.backend
     ctx = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-    page = ctx.new_page()
-    seen = _watch(page, base)
-    page.goto(base + "/", wait_until="load")
-    page.wait_for_function("() => document.getElementById('status').textContent === 'ready'",
-                           timeout=TIMEOUT_MS)
+    page, seen = _open(ctx, base)
 
     cases = [(cufs / "test_photos" / "1.jpg", "photo", "photo2sketch"),
              (cufs / "test_sketches" / "1.jpg", "sketch", "sketch2photo")]
@@ -187,11 +193,7 @@ def test_page_on_a_phone(server, browser, cufs):
     ARTIFACTS.mkdir(exist_ok=True)
     ctx = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2,
                               is_mobile=True, has_touch=True)
-    page = ctx.new_page()
-    seen = _watch(page, base)
-    page.goto(base + "/", wait_until="load")
-    page.wait_for_function("() => document.getElementById('status').textContent === 'ready'",
-                           timeout=TIMEOUT_MS)
+    page, seen = _open(ctx, base)
     shown = _convert(page, cufs / "test_photos" / "2.jpg")
     assert shown["domain"] == "photo"
     # Nothing wider than the screen: no horizontal scrolling on a phone.
@@ -211,11 +213,7 @@ def test_webcam_converts_continuously_one_request_at_a_time(server, browser):
     base, _ = server
     ARTIFACTS.mkdir(exist_ok=True)
     ctx = browser.new_context(viewport={"width": 1280, "height": 900}, permissions=["camera"])
-    page = ctx.new_page()
-    seen = _watch(page, base)
-    page.goto(base + "/", wait_until="load")
-    page.wait_for_function("() => document.getElementById('status').textContent === 'ready'",
-                           timeout=TIMEOUT_MS)
+    page, seen = _open(ctx, base)
     page.click("#camera-btn")
     page.wait_for_function("() => document.getElementById('camera-btn').textContent === 'Stop camera'",
                            timeout=TIMEOUT_MS)
@@ -252,11 +250,7 @@ def test_off_centre_face_comes_back_framed_with_its_box(server, browser, fs2k, t
     path = tmp_path / "phone.jpg"
     Image.fromarray(frame).save(path, quality=90)
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = ctx.new_page()
-    seen = _watch(page, base)
-    page.goto(base + "/", wait_until="load")
-    page.wait_for_function("() => document.getElementById('status').textContent === 'ready'",
-                           timeout=TIMEOUT_MS)
+    page, seen = _open(ctx, base)
     shown = _convert(page, path)
     assert shown["error"] == ""
     assert abs(shown["w"] / shown["h"] - 0.8) < 0.01, shown
@@ -314,15 +308,10 @@ def test_webcam_follows_a_moving_face(server, playwright, fs2k, tmp_path):
     video = tmp_path / "moving_face.y4m"
     _y4m(frames, video)
     # a browser of its own: its camera plays the file
-    b = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS + [
-        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    b = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS + FAKE_CAMERA_ARGS + [
         f"--use-file-for-fake-video-capture={video}"])
     ctx = b.new_context(viewport={"width": 1280, "height": 900}, permissions=["camera"])
-    page = ctx.new_page()
-    seen = _watch(page, base)
-    page.goto(base + "/", wait_until="load")
-    page.wait_for_function("() => document.getElementById('status').textContent === 'ready'",
-                           timeout=TIMEOUT_MS)
+    page, seen = _open(ctx, base)
     page.click("#camera-btn")
     boxes, faces = [], set()
     for _ in range(400):

@@ -22,12 +22,10 @@ def finder() -> F.FaceFinder:
 
 def _eye_error(finder: F.FaceFinder, crop: np.ndarray) -> float:
     """Largest eye offset on the crop from the template, in template face widths."""
-    faces = finder.detect(crop)
-    assert faces, "no face found again on the aligned crop"
-    w = crop.shape[1]
-    tmpl = np.asarray(finder.template["points"]) * np.array([w, crop.shape[0]])
-    face_w = tmpl[5, 0] - tmpl[4, 0]
-    return float(np.hypot(*(faces[0].keypoints[:2] - tmpl[:2]).T).max() / face_w)
+    from benchmarks.face_align import eye_error
+    e = eye_error(finder, crop)
+    assert e is not None, "no face found again on the aligned crop"
+    return e
 
 
 def off_centre(photo: np.ndarray, canvas=(1600, 1200), scale=0.55, at=(0.72, 0.3)) -> np.ndarray:
