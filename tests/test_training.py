@@ -337,6 +337,55 @@ def test_unpaired_folders_and_pairs_off_train_unpaired(tmp_path, caplog):
                      out=str(tmp_path / "r2")).partner == {}
 
 
+def test_pair_gradient_loss_adds_to_the_paired_loss_and_is_zero_for_equal_images(tmp_path):
+    from training.trainer import LOSS_NAMES, gradient_l1
+    x = torch.rand(2, 3, 16, 16)
+    assert gradient_l1(x, x).tolist() == [0.0, 0.0]
+    assert gradient_l1(x, x + 0.3).abs().max() < 1e-6          # a shift has the same edges
+    assert (gradient_l1(x, torch.zeros_like(x)) > 0).all()
+    write_images(tmp_path / "p", 2, ext=".png", seed=1)
+    (tmp_path / "s").mkdir()
+    for f in sorted((tmp_path / "p").iterdir()):
+        Image.open(f).rotate(90).save(tmp_path / "s" / f.name)  # partners that differ
+    named = {}
+    for lam in (0.0, 10.0):
+        run = _pair_run(tmp_path, tmp_path / "p", tmp_path / "s", lambda_pair_grad=lam,
+                        out=str(tmp_path / f"r{lam}"))
+        real_A, real_B, paired = run.batches(*run.orders(0), 0)
+        named[lam] = dict(zip(LOSS_NAMES, run.train_step(real_A, real_B, paired).tolist()))
+    # same seed, same weights, same batch: the gradient term only adds
+    assert named[10.0]["pair_A"] > named[0.0]["pair_A"] > 0
+    assert named[10.0]["pair_B"] > named[0.0]["pair_B"] > 0
+
+
+def test_init_starts_the_generators_from_a_model_and_checks_its_arch(tmp_path):
+    write_images(tmp_path / "trainA", 3)
+    write_images(tmp_path / "trainB", 3)
+    base = dict(data=str(tmp_path), size=32, blocks=1, ngf=8, ndf=8, holdout=0, epochs=1,
+                progress=False, fit_detector=False, lambda_identity=0)
+    first = train(TrainConfig(out=str(tmp_path / "a"), **base, seed=1))
+    src, _ = ckpt.load_model(first)
+    from training.trainer import Run
+    run = Run(TrainConfig(out=str(tmp_path / "b"), **base, seed=2, init=str(first)))
+    run.load_data()
+    run.build()
+    for name in ("G_A", "G_B"):
+        for k, v in src[name].state_dict().items():
+            assert torch.equal(getattr(run, name).state_dict()[k], v), (name, k)
+    fresh = Run(TrainConfig(out=str(tmp_path / "c"), **base, seed=2))
+    fresh.load_data()
+    fresh.build()
+    assert not torch.equal(fresh.G_A.state_dict()["model.1.weight"], src["G_A"].state_dict()["model.1.weight"])
+    with pytest.raises(ckpt.CheckpointError, match="do not match this run's --arch"):
+        bad = Run(TrainConfig(out=str(tmp_path / "d"), **dict(base, ngf=16), init=str(first)))
+        bad.load_data()
+        bad.build()
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint"):
+        bad = Run(TrainConfig(out=str(tmp_path / "e"), **base, init=str(tmp_path / "absent")))
+        bad.load_data()
+        bad.build()
+
+
 @pytest.mark.parametrize("arch", ["reference", "resize"])
 def test_both_archs_train_save_and_load(tmp_path, arch):
     write_images(tmp_path / "trainA", 3)

@@ -43,6 +43,10 @@ class TrainConfig:
     channels_last: Optional[bool] = option(None, "None: on for CUDA, off for CPU", flag=False)
     seed: int = option(0, "random seed (data order, augmentation, init)")
     resume: bool = option(False, "continue the run in --out exactly where it stopped")
+    init: Optional[str] = option(None, "start both generators from this model (a run or model "
+                                       "folder of the same --arch/--blocks/--ngf, e.g. "
+                                       "facesketch/models/default); discriminators, optimizers "
+                                       "and the schedule start fresh")
     lr: float = option(2e-4, "Adam learning rate")
     beta1: float = option(0.5, "Adam beta1")
     lambda_cycle: float = option(10.0, "cycle-consistency loss weight")
@@ -51,6 +55,9 @@ class TrainConfig:
                          help="auto: pair photos and sketches by file name and add a paired L1 "
                               "loss for those (semi-supervised); off: unpaired CycleGAN")
     lambda_pair: float = option(10.0, "paired L1 loss weight")
+    lambda_pair_grad: float = option(0.0, "paired L1 loss on image gradients (finite "
+                                          "differences: strokes and edges where the artist "
+                                          "drew them) weight; 0 = off")
     align: str = choices("off", "auto", default="off",
                          help="auto: crop the largest face of every image in the CUFS framing "
                               "before training (as translate/serve --align auto do), so training "
@@ -71,7 +78,7 @@ class TrainConfig:
         for name in ("blocks", "epochs", "batch_size", "ngf", "ndf", "log_every"):
             if getattr(self, name) < (0 if name == "blocks" else 1):
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("lambda_pair", "cycle_noise", "lambda_cycle", "lambda_identity"):
+        for name in ("lambda_pair", "lambda_pair_grad", "cycle_noise", "lambda_cycle", "lambda_identity"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_images is not None and self.max_images < 1:

@@ -254,6 +254,8 @@ class Run:
         mf = torch.channels_last if self.channels_last else torch.preserve_format
         self.G_A = init_weights(build_generator(cfg.blocks, cfg.ngf, cfg.arch)).to(self.device, memory_format=mf)
         self.G_B = init_weights(build_generator(cfg.blocks, cfg.ngf, cfg.arch)).to(self.device, memory_format=mf)
+        if cfg.init and not cfg.resume:
+            self.init_generators(cfg.init)
         self.D_A = init_weights(build_discriminator(cfg.ndf)).to(self.device, memory_format=mf)
         self.D_B = init_weights(build_discriminator(cfg.ndf)).to(self.device, memory_format=mf)
         self.gens = GeneratorPair(self.G_A, self.G_B, identity=cfg.lambda_identity > 0,
@@ -272,6 +274,21 @@ class Run:
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_score = -math.inf
         self.history: list[dict[str, Any]] = []
+
+    def init_generators(self, path: str) -> None:
+        """--init: both generators' weights from a trained model (fine-tuning)."""
+        nets, src = ckpt.load_model(path)
+        for name in ("G_A", "G_B"):
+            try:
+                getattr(self, name).load_state_dict(nets[name].state_dict(), strict=True)
+            except RuntimeError as exc:
+                a = src.get("arch", {})
+                raise ckpt.CheckpointError(
+                    f"--init {path}: its generators (upsample {a.get('upsample')}, blocks "
+                    f"{a.get('blocks')}, ngf {a.get('ngf')}) do not match this run's --arch "
+                    f"{self.cfg.arch} --blocks {self.cfg.blocks} --ngf {self.cfg.ngf}") from exc
+        if self.master:
+            log.info("generators initialised from %s", path)
 
     def wrap(self) -> None:
         """compile, then DDP: the order nanoGPT uses."""
@@ -362,6 +379,10 @@ class Run:
             w = paired * (cfg.lambda_pair / paired.sum().clamp(min=1.0))
             pair_a = (w * (fake_B.float() - real_B).abs().mean((1, 2, 3))).sum()
             pair_b = (w * (fake_A.float() - real_A).abs().mean((1, 2, 3))).sum()
+            if cfg.lambda_pair_grad > 0:  # edges where the artist drew them (and the photo has them)
+                wg = paired * (cfg.lambda_pair_grad / paired.sum().clamp(min=1.0))
+                pair_a = pair_a + (wg * gradient_l1(fake_B.float(), real_B)).sum()
+                pair_b = pair_b + (wg * gradient_l1(fake_A.float(), real_A)).sum()
         loss_G = g_adv_A + g_adv_B + cyc_A + cyc_B + idt_a + idt_b + pair_a + pair_b
         self.opt_G.zero_grad(set_to_none=True)
         self.scaler_G.scale(loss_G).backward()
@@ -385,6 +406,13 @@ class Run:
         self.scaler_D.update()
         return torch.stack([g_adv_A, g_adv_B, cyc_A, cyc_B, idt_a, idt_b, pair_a, pair_b, loss_G,
                             loss_D_A, loss_D_B]).detach()
+
+def gradient_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean L1 between the horizontal and vertical finite differences of x and y."""
+    dx = (x[..., :, 1:] - x[..., :, :-1]) - (y[..., :, 1:] - y[..., :, :-1])
+    dy = (x[..., 1:, :] - x[..., :-1, :]) - (y[..., 1:, :] - y[..., :-1, :])
+    return 0.5 * (dx.abs().mean((1, 2, 3)) + dy.abs().mean((1, 2, 3)))
+
 
 def find_pairs(photos: Domain, sketches: Domain) -> dict[int, int]:
     """Photo index -> sketch index for images of the same file name; the suffix may
