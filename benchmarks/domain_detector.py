@@ -147,15 +147,22 @@ def rule_accuracy(fn, t: float, sign: int, images: list[np.ndarray], label: str)
     return float((says_sketch if label == "sketch" else ~says_sketch).mean())
 
 
-def accuracy(images: list[np.ndarray], label: str, params: dict) -> tuple[float, list[int]]:
-    wrong = [i for i, x in enumerate(images) if D.detect_domain(x, params)[0] != label]
+def accuracy(images: list[np.ndarray], label: str, params: dict | None,
+             network: Path | None = None) -> tuple[float, list[int]]:
+    """Share right and the indices wrong: the CNN at ``network``, else the features' model."""
+    if network is not None:
+        says = ["sketch" if D.sketch_probability(x, method="cnn", network_path=network) > 0.5
+                else "photo" for x in images]
+    else:
+        says = [D.detect_domain(x, params, method="features")[0] for x in images]
+    wrong = [i for i, s in enumerate(says) if s != label]
     return 1.0 - len(wrong) / len(images), wrong
 
 
 def load_fs2k(root: Path) -> dict[str, dict]:
     """FS2K split by pair number: even -> fitting, odd -> measuring (per style)."""
     out: dict[str, dict] = {"fit": {"photo": [], "sketch": []},
-                            "test": {"photo": {}, "gray": {}, "sketch": {}}}
+                            "test": {"photo": {}, "gray": {}, "sketch": {}}, "names": {}}
     if not root.is_dir():
         print(f"no FS2K at {root}: fitting on CUFS only")
         return out
@@ -166,6 +173,7 @@ def load_fs2k(root: Path) -> dict[str, dict]:
             test = [f for f in files if f not in fit]
             out["fit"][kind] += [decode(f) for f in fit]
             out["test"][kind][style] = [decode(f) for f in test]
+            out["names"][style] = [f.name for f in test]
         out["test"]["gray"][style] = [to_gray(x) for x in out["test"]["photo"][style]]
     return out
 
@@ -185,31 +193,70 @@ def rule_baselines(tp, ts, ep, es) -> dict[str, dict]:
     return baselines
 
 
-def main(argv: list[str] | None = None) -> int:
+def fit(a: argparse.Namespace, fit_photos: list, fit_sketches: list):
+    """-> (feature params or None, the CNN's ONNX path or None, fit summary, its JSON part)."""
+    network: Path | None = None
+    if a.method == "cnn":
+        from export.domain_detector import write_domain_onnx
+        from training.domain_cnn import fit_cnn
+        net, fitted = fit_cnn(fit_photos, fit_sketches, per_image=a.per_image, epochs=a.epochs,
+                              width=a.width, members=a.members, seed=a.seed, threads=a.threads)
+        params = None
+        network = D.CNN_PATH if a.write else a.json.with_suffix(".onnx")
+        write_domain_onnx(net, network, fitted)
+        fit_info = {k: v for k, v in fitted.items() if k not in ("fitted_on", "seconds")}
+        print(f"wrote the CNN to {network}")
+    else:
+        params = T.fit_detector(fit_photos, fit_sketches, per_image=a.per_image, max_images=None,
+                                seed=a.seed)
+        fitted = params
+        fit_info = {"train_accuracy": params["train_accuracy"]}
+        if a.write:
+            write_params(params)
+            print("wrote DEFAULT_PARAMS into facesketch/domain.py")
+    return params, network, fitted, fit_info
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cufs", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--fs2k", type=Path, default=REPO.parent / "shared" / "data" / "fs2k",
                     help="FS2K pairs: the even-numbered ones join the fit, the odd-numbered ones "
                          "are measured (colour, grayscale, sketches); skipped when absent")
+    ap.add_argument("--method", choices=("cnn", "features"), default="cnn",
+                    help="cnn: the built-in network (training.domain_cnn); features: the "
+                         "logistic model on hand-made features (the fallback)")
     ap.add_argument("--per-image", type=int, default=6, help="augmented copies per training image")
+    ap.add_argument("--epochs", type=int, default=12, help="CNN epochs")
+    ap.add_argument("--width", type=int, default=16, help="CNN width (first layer's channels)")
+    ap.add_argument("--members", type=int, default=3,
+                    help="CNNs fitted from different seeds whose logits are averaged")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for the CNN fit")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--write", action="store_true", help="paste the fit into facesketch/domain.py")
-    ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "domain_detector.json")
+    ap.add_argument("--write", action="store_true",
+                    help="install the fit: the CNN as facesketch/models/domain/detector.onnx, "
+                         "the features' model pasted into facesketch/domain.py")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="default: benchmarks/results/domain_detector[_features].json")
     a = ap.parse_args(argv)
+    if a.json is None:
+        suffix = "" if a.method == "cnn" else "_features"
+        a.json = REPO / "benchmarks" / "results" / f"domain_detector{suffix}.json"
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv)
 
     tp, _ = load(a.cufs / "train_photos")
     ts, _ = load(a.cufs / "train_sketches")
     fs2k = load_fs2k(a.fs2k)
     t0 = time.perf_counter()
-    params = T.fit_detector(tp + fs2k["fit"]["photo"], ts + fs2k["fit"]["sketch"],
-                            per_image=a.per_image, max_images=None, seed=a.seed)
+    params, network, fitted, fit_info = fit(a, tp + fs2k["fit"]["photo"], ts + fs2k["fit"]["sketch"])
     fit_s = time.perf_counter() - t0
     print(f"fitted on {len(tp)} CUFS train photos + {len(ts)} sketches and "
           f"{len(fs2k['fit']['photo'])} FS2K photos + {len(fs2k['fit']['sketch'])} sketches "
-          f"({params['fitted_on']['samples']} samples with augmentations) in {fit_s:.1f} s")
-    if a.write:
-        write_params(params)
-        print("wrote DEFAULT_PARAMS into facesketch/domain.py")
+          f"({fitted['fitted_on']['samples']} samples with augmentations) in {fit_s:.1f} s")
 
     ep, names = load(a.cufs / "test_photos")
     es, _ = load(a.cufs / "test_sketches", names)
@@ -225,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def record(name, images, label):
         t = time.perf_counter()
-        acc, wrong = accuracy(images, label, params)
+        acc, wrong = accuracy(images, label, params, network)
         ms = (time.perf_counter() - t) / len(images) * 1000
         rows[name] = {"label": label, "n": len(images), "accuracy": round(acc, 4),
                       "wrong": [names[i] for i in wrong], "ms_per_image": round(ms, 2)}
@@ -240,15 +287,18 @@ def main(argv: list[str] | None = None) -> int:
         record(name, images, label)
     for kind, label in (("photo", "photo"), ("gray", "photo"), ("sketch", "sketch")):
         for style, images in fs2k["test"][kind].items():
-            names[:] = [f"{style}/{i}" for i in range(len(images))]
+            names[:] = [f"{style}/{n}" for n in fs2k["names"][style]]
             record(f"FS2K {style} {'grayscale photos' if kind == 'gray' else kind + 's'} "
                    "(held out)", images, label)
     baselines = rule_baselines(tp, ts, ep, es)
 
+    what = ("the built-in CNN (training/domain_cnn.py, run by facesketch/domain.py)" if a.method == "cnn"
+            else "the features' logistic model (facesketch/domain.py DEFAULT_PARAMS, the fallback)")
     result = {
-        "what": "photo/sketch detector (facesketch/domain.py) fitted on CUFS train and the "
-                "even-numbered FS2K pairs, measured on CUFS test and the odd-numbered FS2K pairs",
-        "fit": {"seconds": round(fit_s, 2), **params["fitted_on"], "train_accuracy": params["train_accuracy"]},
+        "what": f"photo/sketch detector: {what}, fitted on CUFS train and the even-numbered FS2K "
+                "pairs, measured on CUFS test and the odd-numbered FS2K pairs",
+        "method": a.method,
+        "fit": {"seconds": round(fit_s, 2), **fitted["fitted_on"], **fit_info},
         "results": rows,
         "baselines": baselines,
         "seed_rule_reported_in_issue": {"test photos": 0.006, "test sketches": 0.34},

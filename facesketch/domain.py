@@ -1,10 +1,19 @@
-"""Is an image a face photo or a face sketch? (numpy + PIL only, no torch).
+"""Is an image a face photo or a face sketch? (numpy + PIL + onnxruntime, no torch).
 
 ``detect_domain(image) -> ("photo" | "sketch", confidence)``.
 
+The built-in detector is a small CNN (``facesketch/models/domain/detector.onnx``,
+126 k weights, ~2-3 ms per image on one core) that looks at the picture itself:
+pencil strokes, paper, skin, backdrop. It is fitted by ``training.domain_cnn``
+(run by ``benchmarks/domain_detector.py``) on CUFS train, the even-numbered FS2K
+pairs and augmented copies of them, and measured on CUFS test and the odd-numbered
+FS2K pairs. Where it cannot run (no onnxruntime, the file missing or damaged) the
+hand-made features below and their logistic model answer instead; that model is
+also what a training run refits on its own images (``method="features"``).
+
 A mean-intensity rule cannot do this (on CUFS the best single threshold is
 wrong on about one image in ten) and a saturation rule calls every grayscale
-photo a sketch. The detector instead measures what makes a drawing a drawing,
+photo a sketch. The features' model measures what makes a drawing a drawing,
 whatever its colour:
 
 * tone: after stretching the image between its 1st and 99th percentiles (so
@@ -39,6 +48,8 @@ core, so the runtime, the web API and evaluate all give one model's one answer.
 from __future__ import annotations
 
 import math
+import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -223,6 +234,106 @@ def extract_features(image: Any) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- detecting
+# ------------------------------------------------------------- the network
+# The built-in detector: a small CNN (training.domain_cnn) that looks at the pencil
+# texture itself, on onnxruntime. The logistic model above is its fallback where
+# onnxruntime or the file is missing, and what a training run refits on its own data.
+CNN_PATH = Path(__file__).resolve().parent / "models" / "domain" / "detector.onnx"
+CNN_MAX_ASPECT = 1.6     # the network sees at most WORK_SIZE x 1.6*WORK_SIZE (centre crop)
+METHODS = ("auto", "cnn", "features")
+
+
+class DetectorUnavailable(RuntimeError):
+    """The CNN detector cannot run here (no onnxruntime, file missing or damaged)."""
+
+
+def cnn_input(image: Any) -> np.ndarray:
+    """The network's input (see _cnn_input)."""
+    return _cnn_input(image)[0]
+
+
+def _cnn_input(image: Any) -> tuple[np.ndarray, float]:
+    """(x, raw tone span). x: the network's input for one image: 3 x H x W float32 (short side WORK_SIZE or the
+    image's own when smaller, borders trimmed, tone stretched between its 1st and 99th
+    luma percentiles, centred at 0). Work bounded as for ``extract_features``."""
+    rgb = _as_rgb(image)
+    if rgb.shape[0] < 8 or rgb.shape[1] < 8:
+        raise ImageError(f"image of {rgb.shape[1]}x{rgb.shape[0]} pixels is too small to tell "
+                         "a photo from a sketch (needs at least 8x8)")
+    gray, frgb = _prepare(rgb)
+    h, w = gray.shape
+    lim = int(min(h, w) * CNN_MAX_ASPECT)
+    if h > lim:
+        t = (h - lim) // 2
+        gray, frgb = gray[t:t + lim], frgb[t:t + lim]
+    if w > lim:
+        t = (w - lim) // 2
+        gray, frgb = gray[:, t:t + lim], frgb[:, t:t + lim]
+    lo, hi = np.percentile(gray, [1, 99])
+    raw = float(hi - lo)
+    span = max(raw, FLAT)
+    x = np.clip((frgb * np.float32(1 / 255) - np.float32(lo)) / np.float32(span), -0.25, 1.25) - 0.5
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32), raw
+
+
+class _Network:
+    def __init__(self, path: Path):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise DetectorUnavailable(f"onnxruntime is not installed ({exc})") from exc
+        if not path.is_file():
+            raise DetectorUnavailable(f"detector model {path.name} is missing from {path.parent}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - a damaged file: say so, the caller falls back
+            raise DetectorUnavailable(f"detector model {path.name} does not load: {exc}") from exc
+        self.meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.input = self.session.get_inputs()[0].name
+
+    def probability(self, x: np.ndarray) -> float:
+        logit = float(np.asarray(self.session.run(None, {self.input: x[None]})[0]).reshape(-1)[0])
+        return 1.0 / (1.0 + math.exp(-float(np.clip(logit, -60, 60))))
+
+
+_NETWORKS: dict[Path, "_Network | DetectorUnavailable"] = {}
+_NET_LOCK = threading.Lock()
+
+
+def network(path: str | Path | None = None) -> _Network:
+    """The CNN detector (loaded once per process); raises DetectorUnavailable."""
+    p = Path(path) if path else CNN_PATH
+    with _NET_LOCK:
+        if p not in _NETWORKS:
+            try:
+                _NETWORKS[p] = _Network(p)
+            except DetectorUnavailable as exc:
+                _NETWORKS[p] = exc
+        got = _NETWORKS[p]
+    if isinstance(got, DetectorUnavailable):
+        raise got
+    return got
+
+
+def method_used(method: str = "auto") -> str:
+    """What ``detect_domain(..., method=method)`` runs here: "cnn" or "features" (with why)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown detector method {method!r}; choose from {', '.join(METHODS)}")
+    if method == "features":
+        return "features"
+    try:
+        network()
+        return "cnn"
+    except DetectorUnavailable as exc:
+        if method == "cnn":
+            raise
+        return f"features (CNN unavailable: {exc})"
+
+
 def _check_params(params: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     if not isinstance(params, dict):
         raise ValueError(f"detector params must be a dict, got {type(params).__name__}")
@@ -241,8 +352,26 @@ def _check_params(params: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, flo
     return mean, std, w, float(params["bias"])
 
 
-def sketch_probability(image: Any, params: dict | None = None) -> float:
-    """P(sketch) for one image under the detector's logistic model."""
+def sketch_probability(image: Any, params: dict | None = None, method: str = "auto",
+                       network_path: str | Path | None = None) -> float:
+    """P(sketch) for one image: by the CNN ("cnn"; ``network_path``, default the
+    built-in one), by the logistic model on the features with ``params``
+    ("features"), or the CNN where it can run, else the features ("auto")."""
+    if method not in METHODS:
+        raise ValueError(f"unknown detector method {method!r}; choose from {', '.join(METHODS)}")
+    if params is not None:
+        _check_params(params)
+    if method != "features":
+        try:
+            net = network(network_path)
+        except DetectorUnavailable:
+            if method == "cnn":
+                raise
+        else:
+            x, raw_span = _cnn_input(image)
+            if raw_span < FLAT:
+                return 0.5      # a blank or nearly uniform image is neither
+            return net.probability(x)
     mean, std, w, b = _check_params(DEFAULT_PARAMS if params is None else params)
     f = extract_features(image)
     if f[FEATURES.index("contrast")] < FLAT:
@@ -252,15 +381,17 @@ def sketch_probability(image: Any, params: dict | None = None) -> float:
     return 1.0 / (1.0 + math.exp(-s))
 
 
-def detect_domain(image: Any, params: dict | None = None) -> tuple[str, float]:
+def detect_domain(image: Any, params: dict | None = None, method: str = "auto") -> tuple[str, float]:
     """("photo" | "sketch", confidence in [0.5, 1]) for one image.
 
     ``image``: bytes, a path, a PIL image or an array (anything
-    ``facesketch.imageio.decode`` accepts). ``params``: from ``fit_detector``
-    (e.g. a checkpoint's ``detector``); the built-in ``DEFAULT_PARAMS`` when None.
+    ``facesketch.imageio.decode`` accepts). ``method``: "auto" (the built-in CNN,
+    or the features' logistic model where the CNN cannot run), "cnn" or "features".
+    ``params``: the logistic model's, from ``fit_detector`` (e.g. a checkpoint's
+    ``detector``); the built-in ``DEFAULT_PARAMS`` when None.
     Raises ``ImageError`` for an input that is not a usable image.
     """
-    p = sketch_probability(image, params)
+    p = sketch_probability(image, params, method)
     return ("sketch", p) if p > 0.5 else ("photo", 1.0 - p)
 
 

@@ -324,7 +324,7 @@ class Translator:
             "kind": src.kind, "path": str(src.path), "hash": src.hash,
             "image_size": src.image_size, "normalization": src.normalization,
             "directions": list(src.directions), "formats": list(src.formats),
-            "detector": "fitted" if src.detector else "built-in",
+            "detector": self.detector_method(),
             "backend": self.backend, "format": self._spec.format, "device": self._spec.device,
             "precision": self._spec.precision,
             "parity": src.parity(self._spec, probe),
@@ -352,9 +352,19 @@ class Translator:
         return np.concatenate(outs) if len(outs) > 1 else outs[0]
 
     # ---------------------------------------------------------------- translate
+    def detector_method(self) -> str:
+        """Which photo/sketch detector answers here: the built-in CNN, or (where it cannot
+        run) the features' logistic model with this model's own fitted parameters."""
+        from facesketch.domain import method_used
+        used = method_used("auto")
+        if used != "cnn":
+            used += ", fitted by this model's run" if self._source.detector else ", built-in"
+        return used
+
     def detect(self, image: Any) -> tuple[str, float]:
-        """(domain, confidence) of an image by the photo/sketch detector with this model's
-        own fitted parameters: the answer direction="auto" acts on, for every caller."""
+        """(domain, confidence) of an image by the photo/sketch detector: the built-in CNN,
+        or this model's own fitted feature model where the CNN cannot run. The answer
+        direction="auto" acts on, for every caller."""
         from facesketch.domain import detect_domain
         domain, conf = detect_domain(imageio.decode(image), self._source.detector)
         return domain, float(conf)

@@ -58,7 +58,7 @@ def test_cli_evaluate_on_cufs_writes_report_table_and_grid(tiny_checkpoint, cufs
     det = report["detector"]["all"]
     assert det["n_photos"] == det["n_sketches"] == 3 and 0 <= det["accuracy"] <= 1
     assert det["photo_accuracy"] == det["sketch_accuracy"] == 1.0     # real CUFS faces
-    assert report["model"]["detector"] == "built-in"
+    assert report["model"]["detector"] == "cnn"
     table = md.read_text()
     assert "0.7343" in table and "0.7652" in table and "CUHK_student" in table
     assert "Checkerboard measure" in table
