@@ -29,6 +29,7 @@ FEW_IMAGES = 200         # below this many training images a refit leans on DEFA
 PHOTO_AUGMENTATIONS = ("gray", "gray_tint", "white_bg", "border", "jpeg", "small", "large",
                        "noise", "contrast")
 SKETCH_AUGMENTATIONS = ("tint", "faint", "border", "jpeg", "small", "large")
+GRAY_WEIGHTS = ((0.299, 0.587, 0.114), (0.2126, 0.7152, 0.0722), (1 / 3, 1 / 3, 1 / 3))
 # derived from a photo, labelled sketch
 DRAWING_AUGMENTATIONS = ("line", "dodge")
 
@@ -118,8 +119,11 @@ def pencil_dodge(rgb: np.ndarray, rng: np.random.Generator | None = None) -> np.
 def augment(rgb: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
     """One augmented copy of an HxWx3 uint8 image (see the *_AUGMENTATIONS tuples)."""
     f = rgb.astype(np.float32)
-    if kind == "gray":
-        return np.repeat(_luma_u8(rgb)[:, :, None], 3, axis=2)
+    if kind == "gray":             # grayscale conversions differ: BT.601, BT.709, plain mean, any mix
+        w = GRAY_WEIGHTS[int(rng.integers(0, len(GRAY_WEIGHTS)))] \
+            if rng.random() < 0.75 else rng.dirichlet((4.0, 6.0, 2.0))
+        g = np.clip(rgb.astype(np.float32) @ np.asarray(w, np.float32) + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(g[:, :, None], 3, axis=2)
     if kind == "gray_tint":        # an old toned print: grayscale times a warm/cool colour
         tint = _paper(rng) / 255.0
         return _u8(_luma_u8(rgb)[:, :, None].astype(np.float32) * tint)
