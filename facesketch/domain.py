@@ -141,12 +141,16 @@ def _trim_borders(gray: np.ndarray, tol: float = 0.025, max_frac: float = 0.4) -
 
 
 def _prepare(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """-> (gray 0..1, rgb float 0..255) of the trimmed image at the working size.
+    """-> (gray 0..1, rgb float 0..255) of the trimmed image at the working size
+    (what both the features and the CNN look at).
 
     The work is bounded whatever the image's size or shape: a big image is first
     shrunk cheaply (integer box reduction), and so is one whose long side exceeds
     MAX_LONG_SIDE, whatever its short side (a thin strip of millions of pixels)."""
     h, w = rgb.shape[:2]
+    if h < 8 or w < 8:
+        raise ImageError(f"image of {w}x{h} pixels is too small to tell "
+                         "a photo from a sketch (needs at least 8x8)")
     k = max(min(h, w) // (2 * WORK_SIZE), -(-max(h, w) // MAX_LONG_SIDE))
     if k >= 2:                        # a big image: shrink cheaply before looking at it
         if min(h, w) // k < 8:
@@ -166,11 +170,7 @@ def _prepare(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def extract_features(image: Any) -> np.ndarray:
     """The detector's feature vector (float64, in the order of ``FEATURES``)."""
-    rgb = _as_rgb(image)
-    if rgb.shape[0] < 8 or rgb.shape[1] < 8:
-        raise ImageError(f"image of {rgb.shape[1]}x{rgb.shape[0]} pixels is too small to tell "
-                         "a photo from a sketch (needs at least 8x8)")
-    gray, frgb = _prepare(rgb)
+    gray, frgb = _prepare(_as_rgb(image))
     h, w = gray.shape
     mh, mw = int(h * 0.08), int(w * 0.08)
     inner = (slice(mh, h - mh), slice(mw, w - mw))   # the face, not the margins
@@ -256,11 +256,7 @@ def _cnn_input(image: Any) -> tuple[np.ndarray, float]:
     """(x, raw tone span). x: the network's input for one image: 3 x H x W float32 (short side WORK_SIZE or the
     image's own when smaller, borders trimmed, tone stretched between its 1st and 99th
     luma percentiles, centred at 0). Work bounded as for ``extract_features``."""
-    rgb = _as_rgb(image)
-    if rgb.shape[0] < 8 or rgb.shape[1] < 8:
-        raise ImageError(f"image of {rgb.shape[1]}x{rgb.shape[0]} pixels is too small to tell "
-                         "a photo from a sketch (needs at least 8x8)")
-    gray, frgb = _prepare(rgb)
+    gray, frgb = _prepare(_as_rgb(image))
     h, w = gray.shape
     lim = int(min(h, w) * CNN_MAX_ASPECT)
     if h > lim:
@@ -359,8 +355,7 @@ def sketch_probability(image: Any, params: dict | None = None, method: str = "au
     ("features"), or the CNN where it can run, else the features ("auto")."""
     if method not in METHODS:
         raise ValueError(f"unknown detector method {method!r}; choose from {', '.join(METHODS)}")
-    if params is not None:
-        _check_params(params)
+    mean, std, w, b = _check_params(DEFAULT_PARAMS if params is None else params)
     if method != "features":
         try:
             net = network(network_path)
@@ -372,7 +367,6 @@ def sketch_probability(image: Any, params: dict | None = None, method: str = "au
             if raw_span < FLAT:
                 return 0.5      # a blank or nearly uniform image is neither
             return net.probability(x)
-    mean, std, w, b = _check_params(DEFAULT_PARAMS if params is None else params)
     f = extract_features(image)
     if f[FEATURES.index("contrast")] < FLAT:
         return 0.5              # a blank or nearly uniform image is neither
