@@ -23,7 +23,7 @@ import numpy as np
 from scipy import fft as sp_fft
 from scipy import ndimage
 
-_GRAY = np.array([0.2989, 0.5870, 0.1140])
+LUMA = np.array([0.2989, 0.5870, 0.1140])
 
 
 def to_gray(img: np.ndarray) -> np.ndarray:
@@ -32,7 +32,7 @@ def to_gray(img: np.ndarray) -> np.ndarray:
     if a.ndim == 3:
         if a.shape[2] == 1:
             return a[:, :, 0]
-        return a[:, :, :3] @ _GRAY
+        return a[:, :, :3] @ LUMA
     if a.ndim != 2:
         raise ValueError(f"expected an HxW or HxWx3 image, got shape {a.shape}")
     return a
@@ -295,7 +295,25 @@ def fsim_and_fsimc(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------ checkerboard
-def checkerboard_db(img: np.ndarray, periods: tuple[int, ...] = (2, 4)) -> float:
+CHECKER_PERIODS = (2, 4)
+_CHECKER_D = np.arange(-6, 7)
+_CHEB = np.maximum(np.abs(_CHECKER_D)[:, None], np.abs(_CHECKER_D)[None, :])
+CHECKER_CORE, CHECKER_RING = _CHEB <= 1, (_CHEB >= 3) & (_CHEB <= 6)
+
+
+def checker_bins(h: int, w: int, periods: tuple[int, ...] = CHECKER_PERIODS
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(row indices, column indices) of the 13x13 spectrum patch around each frequency
+    the checkerboard measure looks at: H/p and W/p cycles along each axis and on the
+    diagonal, for each period p. Shared with training's spectral loss."""
+    out = []
+    for p in periods:
+        for fy, fx in ((h / p, 0.0), (0.0, w / p), (h / p, w / p)):
+            out.append(((int(round(fy)) + _CHECKER_D) % h, (int(round(fx)) + _CHECKER_D) % w))
+    return out
+
+
+def checkerboard_db(img: np.ndarray, periods: tuple[int, ...] = CHECKER_PERIODS) -> float:
     """Spectral energy at an upsampling grid's frequencies against their neighbours, in dB.
 
     The dot pattern of stride-2 transposed convolutions (Odena et al., 2016) repeats
@@ -314,13 +332,8 @@ def checkerboard_db(img: np.ndarray, periods: tuple[int, ...] = (2, 4)) -> float
         raise ValueError(f"checkerboard measure needs at least 16x16 pixels, got {w}x{h}")
     win = np.outer(np.hanning(h), np.hanning(w))
     power = np.abs(sp_fft.fft2((g - g.mean()) * win)) ** 2
-    d = np.arange(-6, 7)
-    dy, dx = np.meshgrid(d, d, indexing="ij")
-    cheb = np.maximum(np.abs(dy), np.abs(dx))
-    core, ring = cheb <= 1, (cheb >= 3) & (cheb <= 6)
     ratios = []
-    for p in periods:
-        for fy, fx in ((h / p, 0.0), (0.0, w / p), (h / p, w / p)):
-            patch = power[np.ix_((int(round(fy)) + d) % h, (int(round(fx)) + d) % w)]
-            ratios.append((patch[core].mean() + 1e-12) / (patch[ring].mean() + 1e-12))
+    for rows, cols in checker_bins(h, w, periods):
+        patch = power[np.ix_(rows, cols)]
+        ratios.append((patch[CHECKER_CORE].mean() + 1e-12) / (patch[CHECKER_RING].mean() + 1e-12))
     return float(np.mean(10 * np.log10(ratios)))

@@ -338,7 +338,8 @@ def test_unpaired_folders_and_pairs_off_train_unpaired(tmp_path, caplog):
 
 
 def test_pair_gradient_loss_adds_to_the_paired_loss_and_is_zero_for_equal_images(tmp_path):
-    from training.trainer import LOSS_NAMES, gradient_l1
+    from training.losses import gradient_l1
+    from training.trainer import LOSS_NAMES
     x = torch.rand(2, 3, 16, 16)
     assert gradient_l1(x, x).tolist() == [0.0, 0.0]
     assert gradient_l1(x, x + 0.3).abs().max() < 1e-6          # a shift has the same edges
@@ -356,6 +357,39 @@ def test_pair_gradient_loss_adds_to_the_paired_loss_and_is_zero_for_equal_images
     # same seed, same weights, same batch: the gradient term only adds
     assert named[10.0]["pair_A"] > named[0.0]["pair_A"] > 0
     assert named[10.0]["pair_B"] > named[0.0]["pair_B"] > 0
+
+
+def test_spectral_loss_matches_evaluates_measure_and_flattens_a_dot_pattern(tmp_path):
+    """training.losses.checkerboard_db is facesketch.metrics.checkerboard_db in torch;
+    descending the spectral excess removes a dot pattern; the trainer logs the term."""
+    from facesketch.metrics import checkerboard_db as measure
+    from training.losses import checkerboard_db, spectral_excess
+    from training.trainer import LOSS_NAMES
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 48, 40, generator=gen, dtype=torch.float64)
+    x[2, :, ::2, ::2] += 2.0                                    # a stride-2 dot pattern
+    want = [measure(img.permute(1, 2, 0).numpy() * 255) for img in x]
+    assert checkerboard_db(x).tolist() == pytest.approx(want, abs=1e-4)
+    assert want[2] > 10 > abs(want[0])
+    smooth = torch.rand(1, 3, 48, 40, generator=gen)
+    fake = x[2:].float().clone().requires_grad_(True)
+    opt = torch.optim.Adam([fake], lr=0.05)
+    first = spectral_excess(fake, smooth).mean().item()
+    for _ in range(60):
+        opt.zero_grad()
+        spectral_excess(fake, smooth).mean().backward()
+        opt.step()
+    assert first > 10 and spectral_excess(fake, smooth).mean().item() < first / 4
+    assert spectral_excess(smooth, smooth).item() == 0.0        # no excess over itself
+    write_images(tmp_path / "p", 2, ext=".png", seed=1)
+    write_images(tmp_path / "s", 2, ext=".png", seed=2)
+    named = {}
+    for lam in (0.0, 1.0):
+        run = _pair_run(tmp_path, tmp_path / "p", tmp_path / "s", lambda_spectral=lam,
+                        out=str(tmp_path / f"r{lam}"))
+        named[lam] = dict(zip(LOSS_NAMES, run.train_step(*run.batches(*run.orders(0), 0)).tolist()))
+    assert named[0.0]["spectral"] == 0 and named[1.0]["spectral"] >= 0
+    assert named[1.0]["G"] == pytest.approx(named[0.0]["G"] + named[1.0]["spectral"], rel=1e-5)
 
 
 def test_init_starts_the_generators_from_a_model_and_checks_its_arch(tmp_path):

@@ -58,6 +58,10 @@ class TrainConfig:
     lambda_pair_grad: float = option(0.0, "paired L1 loss on image gradients (finite "
                                           "differences: strokes and edges where the artist "
                                           "drew them) weight; 0 = off")
+    lambda_spectral: float = option(0.0, "spectral loss weight: a translation's checkerboard "
+                                         "measure (dB at the up/downsampling grid's "
+                                         "frequencies, as evaluate reports it) above the real "
+                                         "images' of its domain; 0 = off")
     align: str = choices("off", "auto", default="off",
                          help="auto: crop the largest face of every image in the CUFS framing "
                               "before training (as translate/serve --align auto do), so training "
@@ -78,7 +82,8 @@ class TrainConfig:
         for name in ("blocks", "epochs", "batch_size", "ngf", "ndf", "log_every"):
             if getattr(self, name) < (0 if name == "blocks" else 1):
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("lambda_pair", "lambda_pair_grad", "cycle_noise", "lambda_cycle", "lambda_identity"):
+        for name in ("lambda_pair", "lambda_pair_grad", "lambda_spectral", "cycle_noise",
+                     "lambda_cycle", "lambda_identity"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_images is not None and self.max_images < 1:

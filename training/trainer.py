@@ -34,11 +34,12 @@ from .config import TrainConfig
 from .data import (DataError, Domain, augment, choose_holdout, load_domain, load_size_for,
                    resolve_layout, split_holdout, to_float)
 from .launch import write_rank_digest
+from .losses import gradient_l1, spectral_excess
 from .networks import build_discriminator, build_generator, init_weights
 
 log = logging.getLogger("facesketch.train")
 LOSS_NAMES = ("G_adv_A", "G_adv_B", "cycle_A", "cycle_B", "idt_A", "idt_B", "pair_A", "pair_B",
-              "G", "D_A", "D_B")
+              "spectral", "G", "D_A", "D_B")
 G_INDEX = LOSS_NAMES.index("G")
 
 
@@ -383,7 +384,11 @@ class Run:
                 wg = paired * (cfg.lambda_pair_grad / paired.sum().clamp(min=1.0))
                 pair_a = pair_a + (wg * gradient_l1(fake_B.float(), real_B)).sum()
                 pair_b = pair_b + (wg * gradient_l1(fake_A.float(), real_A)).sum()
-        loss_G = g_adv_A + g_adv_B + cyc_A + cyc_B + idt_a + idt_b + pair_a + pair_b
+        spec = zero
+        if cfg.lambda_spectral > 0:  # no more grid-frequency energy than the real images
+            spec = cfg.lambda_spectral * (spectral_excess(fake_B, real_B).mean()
+                                          + spectral_excess(fake_A, real_A).mean())
+        loss_G = g_adv_A + g_adv_B + cyc_A + cyc_B + idt_a + idt_b + pair_a + pair_b + spec
         self.opt_G.zero_grad(set_to_none=True)
         self.scaler_G.scale(loss_G).backward()
         self.scaler_G.step(self.opt_G)
@@ -404,15 +409,8 @@ class Run:
         self.scaler_D.scale(loss_D_A + loss_D_B).backward()
         self.scaler_D.step(self.opt_D)
         self.scaler_D.update()
-        return torch.stack([g_adv_A, g_adv_B, cyc_A, cyc_B, idt_a, idt_b, pair_a, pair_b, loss_G,
+        return torch.stack([g_adv_A, g_adv_B, cyc_A, cyc_B, idt_a, idt_b, pair_a, pair_b, spec, loss_G,
                             loss_D_A, loss_D_B]).detach()
-
-def gradient_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean L1 between the horizontal and vertical finite differences of x and y."""
-    dx = (x[..., :, 1:] - x[..., :, :-1]) - (y[..., :, 1:] - y[..., :, :-1])
-    dy = (x[..., 1:, :] - x[..., :-1, :]) - (y[..., 1:, :] - y[..., :-1, :])
-    return 0.5 * (dx.abs().mean((1, 2, 3)) + dy.abs().mean((1, 2, 3)))
-
 
 def find_pairs(photos: Domain, sketches: Domain) -> dict[int, int]:
     """Photo index -> sketch index for images of the same file name; the suffix may
