@@ -281,6 +281,14 @@ class _Run:
             out_ph = tr.translate_batch(sk, "sketch2photo")
             for o, p, r in [*zip(out_sk, ph, regions), *zip(out_ph, ph, regions)]:
                 o.image = crop_region(o.image, r, p)
+        # where a face region reaches past the photo's edge, that part is no face: the
+        # target's fill there stands in for the translation in both modes (otherwise
+        # "off" would score its own flat fill against the target's flat fill)
+        for o_s, o_p, c_s, c_p, p, r in zip(out_sk, out_ph, crop_s, crop_p, ph, regions):
+            if r is not None:
+                outside = ~inside_mask(r, p)
+                o_s.image = _fill_from(o_s.image, c_s, outside)
+                o_p.image = _fill_from(o_p.image, c_p, outside)
         whole_p, whole_s, ph, sk = ph, sk, crop_p, crop_s
         self.seconds["translate"] += time.perf_counter() - t
         t = time.perf_counter()
@@ -325,6 +333,30 @@ def crop_region(img: np.ndarray, region: tuple[np.ndarray, tuple[int, int]] | No
     matrix, size = region
     sx, sy = img.shape[1] / photo.shape[1], img.shape[0] / photo.shape[0]
     return warp_crop(img, np.diag([sx, sy]) @ matrix, size)
+
+
+def inside_mask(region: tuple[np.ndarray, tuple[int, int]], photo: np.ndarray) -> np.ndarray:
+    """HxW bool over a face region's crop: True where the crop pixel's centre comes from
+    inside ``photo`` (False where warp_crop fills in past the edge)."""
+    matrix, (w, h) = region
+    ys, xs = np.mgrid[:h, :w]
+    # PIL's affine transform samples the source at matrix @ (x + 0.5, y + 0.5)
+    sx = matrix[0, 0] * (xs + 0.5) + matrix[0, 1] * (ys + 0.5) + matrix[0, 2]
+    sy = matrix[1, 0] * (xs + 0.5) + matrix[1, 1] * (ys + 0.5) + matrix[1, 2]
+    ph, pw = photo.shape[:2]
+    return (sx >= 0) & (sx <= pw) & (sy >= 0) & (sy <= ph)
+
+
+def _fill_from(out: np.ndarray, target: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """``out`` with the pixels at ``where`` taken from ``target`` (both the crop's size)."""
+    if not where.any():
+        return out
+    if out.shape != target.shape:
+        raise ValueError(f"translation {out.shape} and target {target.shape} of one face "
+                         "region differ in shape")
+    out = out.copy()
+    out[where] = target[where]
+    return out
 
 
 def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:

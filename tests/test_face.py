@@ -251,6 +251,25 @@ def test_evaluate_align_scores_the_same_face_region(tiny_bundle, fs2k):
     assert a == pytest.approx(o, abs=1e-9)
 
 
+def test_face_region_past_the_edge_is_scored_as_the_target_in_both_modes():
+    """The part of a face region that lies outside the photo is the target's fill in the
+    translation too, so neither align mode scores its own fill there."""
+    from app.evaluate import _fill_from, crop_region, inside_mask
+    photo = np.full((100, 80, 3), 200, np.uint8)
+    # crop 60x50 starting 10 px left of and 5 px above the photo, at scale 1
+    region = (np.array([[1.0, 0.0, -10.0], [0.0, 1.0, -5.0]]), (60, 50))
+    inside = inside_mask(region, photo)
+    assert inside.shape == (50, 60)
+    assert not inside[:, :10].any() and not inside[:5].any() and inside[5:, 10:].all()
+    target = crop_region(np.zeros((100, 80, 3), np.uint8), region, photo)
+    out = np.full((50, 60, 3), 77, np.uint8)
+    filled = _fill_from(out, target, ~inside)
+    assert (filled[~inside] == target[~inside]).all() and (filled[inside] == 77).all()
+    assert (out == 77).all()                      # the translation itself is not modified
+    with pytest.raises(ValueError, match="differ in shape"):
+        _fill_from(out[:10], target, ~inside)
+
+
 def test_trainer_aligns_its_data_when_asked(tmp_path, fs2k):
     from training.data import load_domain
     import torch
