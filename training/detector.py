@@ -123,7 +123,12 @@ def augment(rgb: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
         w = GRAY_WEIGHTS[int(rng.integers(0, len(GRAY_WEIGHTS)))] \
             if rng.random() < 0.75 else rng.dirichlet((4.0, 6.0, 2.0))
         g = np.clip(rgb.astype(np.float32) @ np.asarray(w, np.float32) + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(g[:, :, None], 3, axis=2)
+        gray = np.repeat(g[:, :, None], 3, axis=2)
+        # a grayscale photo is rarely only that: half of them also get another
+        # photometric change (high-key exposure, a white studio backdrop, noise, JPEG)
+        if rng.random() < 0.5:
+            gray = augment(gray, str(rng.choice(("contrast", "white_bg", "noise", "jpeg"))), rng)
+        return gray
     if kind == "gray_tint":        # an old toned print: grayscale times a warm/cool colour
         tint = _paper(rng) / 255.0
         return _u8(_luma_u8(rgb)[:, :, None].astype(np.float32) * tint)
@@ -140,6 +145,8 @@ def augment(rgb: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
     if kind == "noise":
         return _u8(f + rng.normal(0, rng.uniform(3, 10), f.shape))
     if kind == "contrast":
+        if rng.random() < 0.3:     # over-exposed, high-key: highlights clip to white
+            return _u8(f * rng.uniform(1.15, 1.6) + rng.uniform(0, 25))
         gamma = rng.uniform(0.6, 1.6)
         lo, hi = rng.uniform(0, 40), rng.uniform(200, 255)
         return _u8(lo + (hi - lo) * (f / 255.0) ** gamma)
