@@ -23,9 +23,11 @@ def gradient_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 0.5 * (dx.abs().mean((1, 2, 3)) + dy.abs().mean((1, 2, 3)))
 
 
-def checkerboard_db(x: torch.Tensor) -> torch.Tensor:
+def checkerboard_db(x: torch.Tensor, ring_grad: bool = True) -> torch.Tensor:
     """Per-image checkerboard measure (dB) of an N x C x H x W batch (C = 1 or 3, any
-    scale: the measure is a ratio); differentiable."""
+    scale: the measure is a ratio); differentiable. ``ring_grad=False`` detaches the
+    neighbouring ring's power, the ratio's denominator: a loss then lowers the power at
+    the grid's frequencies instead of raising it around them (ringing halos)."""
     x = x.float()
     if x.shape[1] == 3:
         g = torch.einsum("nchw,c->nhw", x, torch.as_tensor(LUMA, dtype=x.dtype, device=x.device))
@@ -43,11 +45,15 @@ def checkerboard_db(x: torch.Tensor) -> torch.Tensor:
         r = torch.as_tensor(rows, device=x.device)[:, None]
         c = torch.as_tensor(cols, device=x.device)[None, :]
         patch = power[:, r, c]
-        ratios.append((patch[:, core].mean(1) + 1e-12) / (patch[:, ring].mean(1) + 1e-12))
+        around = patch[:, ring].mean(1)
+        ratios.append((patch[:, core].mean(1) + 1e-12)
+                      / ((around if ring_grad else around.detach()) + 1e-12))
     return (10 * torch.log10(torch.stack(ratios, 1))).mean(1)
 
 
 def spectral_excess(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """Per-image dB by which a translation's checkerboard measure exceeds the mean of the
-    real target-domain images beside it (0 where it does not)."""
-    return torch.relu(checkerboard_db(fake) - checkerboard_db(real).mean().detach())
+    real target-domain images beside it (0 where it does not). Its gradient acts on the
+    power at the grid's frequencies only (the ring is detached)."""
+    return torch.relu(checkerboard_db(fake, ring_grad=False)
+                      - checkerboard_db(real).mean().detach())
