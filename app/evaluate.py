@@ -543,7 +543,8 @@ def markdown(report: dict[str, Any]) -> str:
     if report["data"].get("align"):
         lines[-1:] = ["", f"Scored on the largest face's region (found on the photo in "
                       f"{report['data']['face_regions']} pairs, cut from photo and sketch alike; the "
-                      f"others whole), translating {'the aligned crop' if report['data']['align'] == 'auto' else 'the whole image'} "
+                      f"others whole; where a region reaches past the photo's edge, that part is "
+                      f"the target's fill in the translation too), translating {'the aligned crop' if report['data']['align'] == 'auto' else 'the whole image'} "
                       f"(--align {report['data']['align']}).", ""]
     lines += ["| direction | subset | n | SSIM | FSIM | FSIMc | PSNR (dB) | published FSIM |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
