@@ -58,10 +58,11 @@ class TrainConfig:
     lambda_pair_grad: float = option(0.0, "paired L1 loss on image gradients (finite "
                                           "differences: strokes and edges where the artist "
                                           "drew them) weight; 0 = off")
-    lambda_spectral: float = option(0.0, "spectral loss weight: a translation's checkerboard "
-                                         "measure (dB at the up/downsampling grid's "
-                                         "frequencies, as evaluate reports it) above the real "
-                                         "images' of its domain; 0 = off")
+    lambda_spectral: float = option(0.0, "experimental spectral loss weight: a translation's "
+                                         "checkerboard measure (dB at the up/downsampling "
+                                         "grid's frequencies, as evaluate reports it) above "
+                                         "the real images' of its domain; 0 = off (at 1 it "
+                                         "blurred the default model: see the README)")
     align: str = choices("off", "auto", default="off",
                          help="auto: crop the largest face of every image in the CUFS framing "
                               "before training (as translate/serve --align auto do), so training "
