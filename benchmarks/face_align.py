@@ -25,20 +25,20 @@ from facesketch.imageio import decode, list_images
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def eye_error(finder: FaceFinder, crop: np.ndarray) -> float | None:
-    """Largest eye offset on the crop from the template, in face widths (ear to ear of the
-    template); None when no face is found on the crop."""
+def crop_errors(finder: FaceFinder, crop: np.ndarray) -> tuple[float, float] | None:
+    """(largest eye offset, mouth offset) on the crop from the template, in face widths
+    (ear to ear of the template); None when no face is found on the crop."""
     faces = finder.detect(crop)
     if not faces:
         return None
     tmpl = np.asarray(finder.template["points"]) * np.array([crop.shape[1], crop.shape[0]])
     face_w = float(tmpl[5, 0] - tmpl[4, 0])
-    err = np.hypot(*(faces[0].keypoints[:2] - tmpl[:2]).T)
-    return float(err.max() / face_w)
+    err = np.hypot(*(faces[0].keypoints[[0, 1, 3]] - tmpl[[0, 1, 3]]).T) / face_w
+    return float(err[:2].max()), float(err[2])
 
 
 def run_set(finder: FaceFinder, paths: list[Path], label: str) -> dict:
-    found, errors, lost, ms, framed = 0, [], 0, [], 0
+    found, errors, mouth, lost, ms, framed = 0, [], [], 0, [], 0
     missed = []
     for p in paths:
         rgb = decode(p)
@@ -51,12 +51,14 @@ def run_set(finder: FaceFinder, paths: list[Path], label: str) -> dict:
         found += 1
         framed += finder.is_framed(rgb, faces[0])
         al = finder.align(rgb, faces[0])
-        e = eye_error(finder, al.crop)
+        e = crop_errors(finder, al.crop)
         if e is None:
             lost += 1
         else:
-            errors.append(e)
+            errors.append(e[0])
+            mouth.append(e[1])
     errors_a = np.asarray(errors) if errors else np.zeros(1)
+    mouth_a = np.asarray(mouth) if mouth else np.zeros(1)
     res = {"set": label, "images": len(paths), "face_found": found,
            "face_found_rate": round(found / max(1, len(paths)), 4),
            "already_framed": framed,
@@ -65,6 +67,9 @@ def run_set(finder: FaceFinder, paths: list[Path], label: str) -> dict:
                                      "p95": round(float(np.percentile(errors_a, 95)), 4),
                                      "max": round(float(errors_a.max()), 4)},
            "eyes_within_5pct": round(float((errors_a <= 0.05).mean()), 4),
+           "mouth_error_face_widths": {"mean": round(float(mouth_a.mean()), 4),
+                                       "p95": round(float(np.percentile(mouth_a, 95)), 4)},
+           "mouth_within_5pct": round(float((mouth_a <= 0.05).mean()), 4),
            "detect_ms": {"p50": round(float(np.median(ms)), 2),
                          "p95": round(float(np.percentile(ms, 95)), 2)},
            "missed": missed[:20]}

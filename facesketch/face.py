@@ -28,6 +28,7 @@ from PIL import Image
 MODEL_PATH = Path(__file__).resolve().parent / "models" / "face" / "blazeface_short_range.onnx"
 KEYPOINTS = ("right_eye", "left_eye", "nose_tip", "mouth_centre", "right_ear", "left_ear")
 ALIGN_POINTS = (0, 1, 3)          # eyes and mouth: the points the template fixes
+REFINE_PASSES = 2                 # detect again on the crop and correct (still images)
 INPUT = 128
 MIN_SCORE = 0.5
 MIN_SCORE_WINDOWS = 0.7           # the window search sees more background: a higher bar
@@ -251,16 +252,28 @@ class FaceFinder:
         w = self.template["size"][0] * src_eyes / max(tmpl_eyes, 1e-6)
         return int(min(MAX_CROP_SIDE, max(self.template["size"][0], round(w))))
 
+    def point_weights(self) -> np.ndarray | None:
+        """Weights of the eyes and the mouth in the fit: the inverse variance of each
+        point's position over the CUFS train photos (the template's ``std``). CUFS was
+        framed by the eyes, so they vary least and count most (about 3:3:1); None
+        (equal weights) for a template without spreads."""
+        std = self.template.get("std")
+        if std is None:
+            return None
+        var = (np.asarray(std, np.float64)[list(ALIGN_POINTS)] ** 2).mean(1)
+        return 1.0 / np.maximum(var, 1e-8)
+
     def transform(self, face: Face, crop_w: int) -> np.ndarray:
         """The crop -> image transform putting ``face``'s eyes and mouth on the template
         in a crop ``crop_w`` wide (no pixels touched)."""
-        return similarity(self.template_points(crop_w), face.keypoints[list(ALIGN_POINTS)])
+        return similarity(self.template_points(crop_w), face.keypoints[list(ALIGN_POINTS)],
+                          self.point_weights())
 
     def align(self, rgb: np.ndarray, face: Face, matrix: np.ndarray | None = None,
               crop_w: int | None = None, refine: bool = True) -> Alignment:
         """The crop of ``face`` in CUFS framing (``matrix``: a given crop -> image transform,
-        e.g. a smoothed one, instead of the face's own; ``refine``: detect again on a first
-        crop and correct the transform, one more detector call)."""
+        e.g. a smoothed one, instead of the face's own; ``refine``: detect again on the
+        crop and correct the transform, REFINE_PASSES more detector calls)."""
         tw, th = self.template["size"]
         crop_w = crop_w or self.crop_width(face)
         crop_h = round(crop_w * th / tw)
@@ -268,13 +281,14 @@ class FaceFinder:
         target = self.template_points(crop_w)
         if matrix is None:
             matrix = self.transform(face, crop_w)
-            if refine:
-                # the keypoints of a small or turned face are coarse: find them again on the
-                # first crop (the face now upright at the template's scale) and correct
+            # the keypoints of a small or turned face are coarse: find them again on the
+            # crop (the face now upright at the template's scale) and correct, twice
+            for _ in range(REFINE_PASSES if refine else 0):
                 again = self.detect(sample(matrix))
-                if again:
-                    fix = similarity(target, again[0].keypoints[list(ALIGN_POINTS)])
-                    matrix = compose(matrix, fix)
+                if not again:
+                    break
+                fix = similarity(target, again[0].keypoints[list(ALIGN_POINTS)], self.point_weights())
+                matrix = compose(matrix, fix)
         crop = sample(matrix)
         corners = np.array([[0, 0, 1], [crop_w, 0, 1], [crop_w, crop_h, 1], [0, crop_h, 1]], float)
         return Alignment(crop, matrix, face, corners @ matrix.T)
@@ -292,17 +306,20 @@ def warp_crop(rgb: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.
                                                      resample=Image.BILINEAR, fillcolor=fill))
 
 
-def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+def similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """The 2x3 similarity transform (rotation, uniform scale, shift; no reflection) that
-    maps ``src`` points onto ``dst`` points with least squared error (Umeyama, 1991)."""
+    maps ``src`` points onto ``dst`` points with least (``weights``-weighted) squared
+    error (Umeyama, 1991)."""
     src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    ms, md = src.mean(0), dst.mean(0)
+    w = np.full(len(src), 1.0 / len(src)) if weights is None else \
+        np.asarray(weights, np.float64) / np.sum(weights)
+    ms, md = w @ src, w @ dst
     a, b = src - ms, dst - md
-    cov = b.T @ a / len(src)
+    cov = (b * w[:, None]).T @ a
     u, d, vt = np.linalg.svd(cov)
     sign = np.diag([1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])
     rot = u @ sign @ vt
-    scale = float(np.trace(np.diag(d) @ sign) / max(a.var(0).sum(), 1e-12))
+    scale = float(np.trace(np.diag(d) @ sign) / max(float(w @ (a ** 2).sum(1)), 1e-12))
     m = np.zeros((2, 3))
     m[:, :2] = scale * rot
     m[:, 2] = md - m[:, :2] @ ms

@@ -22,10 +22,10 @@ def finder() -> F.FaceFinder:
 
 def _eye_error(finder: F.FaceFinder, crop: np.ndarray) -> float:
     """Largest eye offset on the crop from the template, in template face widths."""
-    from benchmarks.face_align import eye_error
-    e = eye_error(finder, crop)
+    from benchmarks.face_align import crop_errors
+    e = crop_errors(finder, crop)
     assert e is not None, "no face found again on the aligned crop"
-    return e
+    return e[0]
 
 
 def off_centre(photo: np.ndarray, canvas=(1600, 1200), scale=0.55, at=(0.72, 0.3)) -> np.ndarray:
@@ -71,6 +71,22 @@ def test_similarity_recovers_a_known_transform():
     # mirrored points get the best rotation, never a reflection
     m2 = F.similarity(src, src * np.array([-1, 1]))
     assert np.linalg.det(m2[:, :2]) > 0
+
+
+def test_weighted_similarity_favours_the_heavy_points(finder):
+    rng = np.random.default_rng(2)
+    src = rng.uniform(0, 200, (3, 2))
+    dst = src * 1.3 + np.array([5.0, 9.0])
+    m = F.similarity(src, dst, weights=[3.0, 3.0, 1.0])          # exact data: any weights
+    assert np.allclose(m[:, :2], 1.3 * np.eye(2), atol=1e-9)
+    moved = dst.copy()
+    moved[2] += [25.0, -20.0]                                    # the third point disagrees
+    fit = lambda w: np.hypot(*((np.c_[src, np.ones(3)] @ F.similarity(src, moved, w).T)  # noqa: E731
+                               - moved)[:2].T).max()
+    assert fit([1000.0, 1000.0, 1.0]) < 0.1 < fit(None)         # the heavy points fit exactly
+    # the template's spreads (CUFS train) make the eyes count most
+    w = finder.point_weights()
+    assert w is not None and w[0] > 2 * w[2] and w[1] > 2 * w[2]
 
 
 def test_box_header_round_trips_to_the_same_transform(finder, fs2k):
