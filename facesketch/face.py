@@ -283,11 +283,12 @@ class FaceFinder:
             matrix = self.transform(face, crop_w)
             # the keypoints of a small or turned face are coarse: find them again on the
             # crop (the face now upright at the template's scale) and correct, twice
+            weights = self.point_weights()
             for _ in range(REFINE_PASSES if refine else 0):
                 again = self.detect(sample(matrix))
                 if not again:
                     break
-                fix = similarity(target, again[0].keypoints[list(ALIGN_POINTS)], self.point_weights())
+                fix = similarity(target, again[0].keypoints[list(ALIGN_POINTS)], weights)
                 matrix = compose(matrix, fix)
         crop = sample(matrix)
         corners = np.array([[0, 0, 1], [crop_w, 0, 1], [crop_w, crop_h, 1], [0, crop_h, 1]], float)
