@@ -215,7 +215,8 @@ def test_real_training_step_changes_weights_with_finite_losses(tmp_path, cufs):
     losses = run.train_step(*run.batches(order_A, order_B, 0))  # CUFS pairs: paired L1 on
     from training.trainer import LOSS_NAMES
     named = dict(zip(LOSS_NAMES, losses.tolist()))
-    assert torch.isfinite(losses).all() and named.pop("spectral") == 0  # off by default
+    assert torch.isfinite(losses).all()
+    assert [named.pop(k) for k in ("spectral", "fm_A", "fm_B")] == [0, 0, 0]  # off by default
     assert all(v > 0 for v in named.values()), named
     assert any(not torch.equal(before[k], v) for k, v in run.G_A.state_dict().items())
     assert any(not torch.equal(d_before[k], v) for k, v in run.D_A.state_dict().items())
@@ -267,15 +268,17 @@ def _state(path: Path) -> dict:
 
 
 @pytest.mark.cufs
-def test_exact_resume_matches_straight_run(tmp_path, cufs):
+@pytest.mark.parametrize("extra", [{}, {"lambda_fm": 10.0, "ema": 0.9}], ids=["plain", "fm-ema"])
+def test_exact_resume_matches_straight_run(tmp_path, cufs, extra):
     # 4 steps per epoch; stop at 6 (inside epoch 2) straight, vs 3 + resume to 6.
-    straight = train(tiny(tmp_path / "a", cufs, max_steps=6))
-    train(tiny(tmp_path / "b", cufs, max_steps=3))
+    straight = train(tiny(tmp_path / "a", cufs, max_steps=6, **extra))
+    train(tiny(tmp_path / "b", cufs, max_steps=3, **extra))
     mid = ckpt.load_state(tmp_path / "b" / ckpt.STATE_FILE)[1]
     assert (mid["epoch"], mid["step_in_epoch"], mid["global_step"]) == (0, 3, 3)
-    resumed = train(tiny(tmp_path / "b", cufs, max_steps=6, resume=True))
+    resumed = train(tiny(tmp_path / "b", cufs, max_steps=6, resume=True, **extra))
     a, b = _state(straight), _state(resumed)
     assert a.keys() == b.keys()
+    assert any(k.startswith("ema_A.") for k in a) == bool(extra)  # the average is resumed too
     diff = [k for k in a if not torch.equal(a[k], b[k])]
     assert not diff, f"resumed run differs in {diff[:5]}"
 
@@ -407,6 +410,62 @@ def test_spectral_loss_matches_evaluates_measure_and_flattens_a_dot_pattern(tmp_
         named[lam] = dict(zip(LOSS_NAMES, run.train_step(*run.batches(*run.orders(0), 0)).tolist()))
     assert named[0.0]["spectral"] == 0 and named[1.0]["spectral"] >= 0
     assert named[1.0]["G"] == pytest.approx(named[0.0]["G"] + named[1.0]["spectral"], rel=1e-5)
+
+
+def test_feature_matching_compares_discriminator_features_of_paired_samples(tmp_path):
+    from training.losses import feature_l1
+    from training.trainer import LOSS_NAMES
+    D = init_weights(build_discriminator(8))
+    x = torch.rand(2, 3, 32, 32)
+    pred, feats = D(x, features=True)
+    assert torch.equal(pred, D(x)) and len(feats) == 4   # same predictions, one per LeakyReLU
+    assert feature_l1(feats, feats).tolist() == [0.0, 0.0]
+    assert (feature_l1(feats, D(x.flip(-1), features=True)[1]) > 0).all()
+    write_images(tmp_path / "p", 2, ext=".png", seed=1)
+    (tmp_path / "s").mkdir()
+    for f in sorted((tmp_path / "p").iterdir()):
+        Image.open(f).rotate(90).save(tmp_path / "s" / f.name)  # partners that differ
+    named = {}
+    for lam in (0.0, 10.0):
+        run = _pair_run(tmp_path, tmp_path / "p", tmp_path / "s", lambda_fm=lam,
+                        out=str(tmp_path / f"r{lam}"))
+        named[lam] = dict(zip(LOSS_NAMES, run.train_step(*run.batches(*run.orders(0), 0)).tolist()))
+    assert named[0.0]["fm_A"] == named[0.0]["fm_B"] == 0
+    assert named[10.0]["fm_A"] > 0 and named[10.0]["fm_B"] > 0
+    assert named[10.0]["G"] == pytest.approx(named[0.0]["G"] + named[10.0]["fm_A"]
+                                             + named[10.0]["fm_B"], rel=1e-5)
+    write_images(tmp_path / "u", 2, seed=2)       # unpaired folders: no partner, no matching
+    for f in (tmp_path / "u").iterdir():
+        f.rename(f.with_name("sk_" + f.name))
+    run = _pair_run(tmp_path, tmp_path / "p", tmp_path / "u", lambda_fm=10.0, out=str(tmp_path / "ru"))
+    named = dict(zip(LOSS_NAMES, run.train_step(*run.batches(*run.orders(0), 0)).tolist()))
+    assert named["fm_A"] == named["fm_B"] == 0
+
+
+def test_ema_averages_the_generators_and_is_what_gets_saved(tmp_path):
+    write_images(tmp_path / "trainA", 3)
+    write_images(tmp_path / "trainB", 3)
+    base = dict(data=str(tmp_path), size=32, blocks=1, ngf=8, ndf=8, holdout=0, epochs=1,
+                progress=False, fit_detector=False, lambda_identity=0)
+    from training.trainer import Run
+    run = Run(TrainConfig(out=str(tmp_path / "r"), **base, ema=0.5))
+    run.load_data()
+    run.build()
+    run.wrap()
+    start = [p.clone() for p in run.G_A.parameters()]
+    assert all(torch.equal(e, p) for e, p in zip(run.ema_A.parameters(), start))
+    run.train_step(*run.batches(*run.orders(0), 0))
+    for e, s, p in zip(run.ema_A.parameters(), start, run.G_A.parameters()):
+        assert torch.allclose(e, 0.5 * s + 0.5 * p)    # halfway between before and after
+    assert run.published() == (run.ema_A, run.ema_B)
+    out = train(TrainConfig(out=str(tmp_path / "full"), **base, ema=0.9))
+    nets, _ = ckpt.load_model(out)
+    state = ckpt.load_state(out / ckpt.STATE_FILE)[0]
+    for k, v in nets["G_A"].state_dict().items():      # the saved model is the average
+        assert torch.equal(v, state["ema_A." + k].float()), k
+    assert any(not torch.equal(v, state["G_A." + k]) for k, v in nets["G_A"].state_dict().items())
+    with pytest.raises(Exception, match="ema"):
+        TrainConfig(out=str(tmp_path / "x"), **base, ema=1.0).validate()
 
 
 def test_init_starts_the_generators_from_a_model_and_checks_its_arch(tmp_path):

@@ -58,6 +58,13 @@ class TrainConfig:
     lambda_pair_grad: float = option(0.0, "paired L1 loss on image gradients (finite "
                                           "differences: strokes and edges where the artist "
                                           "drew them) weight; 0 = off")
+    lambda_fm: float = option(0.0, "discriminator feature matching on paired samples (pix2pixHD): "
+                                    "L1 between the discriminator's features of a translation "
+                                    "and of its partner (the artist's sketch, the photo), a "
+                                    "perceptual loss without downloaded weights; 0 = off")
+    ema: float = option(0.0, "decay of an exponential moving average of the generators' weights "
+                             "(e.g. 0.999); validation, best/ and the saved model use the "
+                             "average; 0 = off")
     lambda_spectral: float = option(0.0, "experimental spectral loss weight: a translation's "
                                          "checkerboard measure (dB at the up/downsampling "
                                          "grid's frequencies, as evaluate reports it) above "
@@ -83,7 +90,9 @@ class TrainConfig:
         for name in ("blocks", "epochs", "batch_size", "ngf", "ndf", "log_every"):
             if getattr(self, name) < (0 if name == "blocks" else 1):
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("lambda_pair", "lambda_pair_grad", "lambda_spectral", "cycle_noise",
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
+        for name in ("lambda_pair", "lambda_pair_grad", "lambda_fm", "lambda_spectral", "cycle_noise",
                      "lambda_cycle", "lambda_identity"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -1,6 +1,8 @@
 """Generator losses beyond the CycleGAN's own (which live in the trainer's step).
 
 - ``gradient_l1``: paired L1 on finite differences (strokes where the artist drew them).
+- ``feature_l1``: paired L1 on the discriminator's features (pix2pixHD's feature
+  matching, Wang et al., 2018): a perceptual loss that needs no downloaded network.
 - ``checkerboard_db``: the checkerboard measure of ``facesketch evaluate``
   (facesketch.metrics.checkerboard_db, same frequencies, window and bins), in
   torch and differentiable, per image. The spectral loss penalises a
@@ -21,6 +23,14 @@ def gradient_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     dx = (x[..., :, 1:] - x[..., :, :-1]) - (y[..., :, 1:] - y[..., :, :-1])
     dy = (x[..., 1:, :] - x[..., :-1, :]) - (y[..., 1:, :] - y[..., :-1, :])
     return 0.5 * (dx.abs().mean((1, 2, 3)) + dy.abs().mean((1, 2, 3)))
+
+
+def feature_l1(fake: list[torch.Tensor], real: list[torch.Tensor]) -> torch.Tensor:
+    """Per-sample L1 between two lists of feature maps (one per discriminator layer),
+    averaged over the layers."""
+    if len(fake) != len(real) or not fake:
+        raise ValueError(f"feature lists differ or are empty ({len(fake)} vs {len(real)})")
+    return sum((f.float() - r.float()).abs().mean((1, 2, 3)) for f, r in zip(fake, real)) / len(fake)
 
 
 def checkerboard_db(x: torch.Tensor, ring_grad: bool = True) -> torch.Tensor:

@@ -128,8 +128,17 @@ class NLayerDiscriminator(nn.Module):
         ]
         self.model = nn.Sequential(*seq)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    def forward(self, x: torch.Tensor, features: bool = False):
+        """The patch predictions; with ``features``, also every LeakyReLU's output (the
+        discriminator feature-matching loss of pix2pixHD compares them)."""
+        if not features:
+            return self.model(x)
+        feats = []
+        for layer in self.model:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                feats.append(x)
+        return x, feats
 
 
 def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:

@@ -29,7 +29,7 @@ log = logging.getLogger("facesketch.train")
 
 def state_tensors(run: "Run") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     t: dict[str, torch.Tensor] = {}
-    for name in ("G_A", "G_B", "D_A", "D_B"):
+    for name in _networks(run):
         for k, v in getattr(run, name).state_dict().items():
             t[f"{name}.{k}"] = v
     oG, mG = ckpt.flatten_optimizer("opt_G", run.opt_G)
@@ -58,6 +58,12 @@ def state_tensors(run: "Run") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     }
     return t, meta
 
+def _networks(run: "Run") -> tuple[str, ...]:
+    """The networks a state holds: both generators and discriminators, and with --ema
+    the generators' averages."""
+    return ("G_A", "G_B", "D_A", "D_B") + (("ema_A", "ema_B") if run.ema_A is not None else ())
+
+
 def save(run: "Run", reason: str) -> None:
     if not run.master:
         return
@@ -67,7 +73,7 @@ def save(run: "Run", reason: str) -> None:
     damaged = getattr(run, "state_damaged", False)
     ckpt.save_state(run.out / ckpt.STATE_FILE, t, meta, keep_previous=not damaged)
     run.state_damaged = False
-    ckpt.save_model(run.out, run.G_A, run.G_B, model_config(run))
+    ckpt.save_model(run.out, *run.published(), model_config(run))
     run.last_save = time.monotonic()
     log.info("checkpoint (%s): epoch %d step %d -> %s", reason, run.epoch, run.global_step,
              run.out / ckpt.STATE_FILE)
@@ -98,9 +104,13 @@ def resume(run: "Run") -> None:
             raise ckpt.CheckpointError(
                 f"cannot resume: the run was started with {key}={saved[key]}, "
                 f"now {getattr(run.cfg, key)}")
-    for name in ("G_A", "G_B", "D_A", "D_B"):
+    for name in _networks(run):
         net = getattr(run, name)
         sd = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
+        if not sd and name.startswith("ema_"):  # the run had no --ema: start it from G
+            net.load_state_dict(getattr(run, "G" + name[3:]).state_dict())
+            log.info("--ema: the resumed state has no average; it starts from the generators")
+            continue
         net.load_state_dict(sd)
     run.opt_G.load_state_dict(ckpt.unflatten_optimizer("opt_G", tensors, meta["opt_G"]))
     run.opt_D.load_state_dict(ckpt.unflatten_optimizer("opt_D", tensors, meta["opt_D"]))

@@ -14,6 +14,7 @@ every ``log_every`` steps only.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -34,12 +35,12 @@ from .config import TrainConfig
 from .data import (DataError, Domain, augment, choose_holdout, load_domain, load_size_for,
                    resolve_layout, split_holdout, to_float)
 from .launch import write_rank_digest
-from .losses import gradient_l1, spectral_excess
+from .losses import feature_l1, gradient_l1, spectral_excess
 from .networks import build_discriminator, build_generator, init_weights
 
 log = logging.getLogger("facesketch.train")
 LOSS_NAMES = ("G_adv_A", "G_adv_B", "cycle_A", "cycle_B", "idt_A", "idt_B", "pair_A", "pair_B",
-              "spectral", "G", "D_A", "D_B")
+              "fm_A", "fm_B", "spectral", "G", "D_A", "D_B")
 G_INDEX = LOSS_NAMES.index("G")
 
 
@@ -82,8 +83,9 @@ class DiscriminatorPair(nn.Module):
         super().__init__()
         self.D_A, self.D_B = D_A, D_B
 
-    def forward(self, for_A: torch.Tensor, for_B: torch.Tensor):
-        return self.D_A(for_A), self.D_B(for_B)
+    def forward(self, for_A: torch.Tensor, for_B: torch.Tensor, features: bool = False):
+        """Each side's predictions; with ``features`` each side is (predictions, features)."""
+        return self.D_A(for_A, features), self.D_B(for_B, features)
 
 
 class ImagePool:
@@ -257,6 +259,9 @@ class Run:
         self.G_B = init_weights(build_generator(cfg.blocks, cfg.ngf, cfg.arch)).to(self.device, memory_format=mf)
         if cfg.init and not cfg.resume:
             self.init_generators(cfg.init)
+        # --ema: averaged copies of the generators, what validation and the saved model use
+        self.ema_A = copy.deepcopy(self.G_A).requires_grad_(False) if cfg.ema > 0 else None
+        self.ema_B = copy.deepcopy(self.G_B).requires_grad_(False) if cfg.ema > 0 else None
         self.D_A = init_weights(build_discriminator(cfg.ndf)).to(self.device, memory_format=mf)
         self.D_B = init_weights(build_discriminator(cfg.ndf)).to(self.device, memory_format=mf)
         self.gens = GeneratorPair(self.G_A, self.G_B, identity=cfg.lambda_identity > 0,
@@ -290,6 +295,23 @@ class Run:
                     f"{self.cfg.arch} --blocks {self.cfg.blocks} --ngf {self.cfg.ngf}") from exc
         if self.master:
             log.info("generators initialised from %s", path)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """ema <- ema + (1 - decay) * (weights - ema), after every generator step."""
+        if self.ema_A is None:
+            return
+        for ema, net in ((self.ema_A, self.G_A), (self.ema_B, self.G_B)):
+            for e, p in zip(ema.parameters(), net.parameters()):
+                e.lerp_(p, 1.0 - self.cfg.ema)
+            for e, b in zip(ema.buffers(), net.buffers()):
+                e.copy_(b)
+
+    def published(self) -> tuple[nn.Module, nn.Module]:
+        """The generators validation, samples and saved models use: the EMA with --ema."""
+        if self.ema_A is not None:
+            return self.ema_A, self.ema_B
+        return self.G_A, self.G_B
 
     def wrap(self) -> None:
         """compile, then DDP: the order nanoGPT uses."""
@@ -365,9 +387,14 @@ class Run:
         # --- generators
         for p in self.discs.parameters():
             p.requires_grad_(False)
+        fm = cfg.lambda_fm > 0 and paired is not None
         with ac:
             fake_B, fake_A, rec_A, rec_B, idt_A, idt_B = self.gens_run(real_A, real_B)
-            pred_fake_B, pred_fake_A = self.discs_g(fake_B, fake_A)
+            if fm:
+                (pred_fake_B, feat_fake_B), (pred_fake_A, feat_fake_A) = self.discs_g(
+                    fake_B, fake_A, features=True)
+            else:
+                pred_fake_B, pred_fake_A = self.discs_g(fake_B, fake_A)
         g_adv_A = mse_to(pred_fake_B, 1.0)
         g_adv_B = mse_to(pred_fake_A, 1.0)
         cyc_A = F.l1_loss(rec_A.float(), real_A) * lam_c
@@ -384,15 +411,23 @@ class Run:
                 wg = paired * (cfg.lambda_pair_grad / paired.sum().clamp(min=1.0))
                 pair_a = pair_a + (wg * gradient_l1(fake_B.float(), real_B)).sum()
                 pair_b = pair_b + (wg * gradient_l1(fake_A.float(), real_A)).sum()
+        fm_a = fm_b = zero
+        if fm:  # the discriminators' features of a translation against its partner's
+            with torch.no_grad(), ac:
+                (_, feat_real_B), (_, feat_real_A) = self.discs_g(real_B, real_A, features=True)
+            w = paired * (cfg.lambda_fm / paired.sum().clamp(min=1.0))
+            fm_a = (w * feature_l1(feat_fake_B, feat_real_B)).sum()
+            fm_b = (w * feature_l1(feat_fake_A, feat_real_A)).sum()
         spec = zero
         if cfg.lambda_spectral > 0:  # no more grid-frequency energy than the real images
             spec = cfg.lambda_spectral * (spectral_excess(fake_B, real_B).mean()
                                           + spectral_excess(fake_A, real_A).mean())
-        loss_G = g_adv_A + g_adv_B + cyc_A + cyc_B + idt_a + idt_b + pair_a + pair_b + spec
+        loss_G = g_adv_A + g_adv_B + cyc_A + cyc_B + idt_a + idt_b + pair_a + pair_b + fm_a + fm_b + spec
         self.opt_G.zero_grad(set_to_none=True)
         self.scaler_G.scale(loss_G).backward()
         self.scaler_G.step(self.opt_G)
         self.scaler_G.update()
+        self.update_ema()
         # --- discriminators (history pools; real and fake in one call each)
         for p in self.discs.parameters():
             p.requires_grad_(True)
@@ -409,7 +444,8 @@ class Run:
         self.scaler_D.scale(loss_D_A + loss_D_B).backward()
         self.scaler_D.step(self.opt_D)
         self.scaler_D.update()
-        return torch.stack([g_adv_A, g_adv_B, cyc_A, cyc_B, idt_a, idt_b, pair_a, pair_b, spec, loss_G,
+        return torch.stack([g_adv_A, g_adv_B, cyc_A, cyc_B, idt_a, idt_b, pair_a, pair_b, fm_a, fm_b,
+                            spec, loss_G,
                             loss_D_A, loss_D_B]).detach()
 
 def find_pairs(photos: Domain, sketches: Domain) -> dict[int, int]:
@@ -539,7 +575,7 @@ def _close_epoch(run: Run, losses: _LossLog, t_epoch: float) -> None:
     run.step_in_epoch = 0
     state.save(run, "end of epoch")
     if run.epoch == run.cfg.epochs and run.master and validation.fit_detector(run):
-        ckpt.save_model(run.out, run.G_A, run.G_B, state.model_config(run))
+        ckpt.save_model(run.out, *run.published(), state.model_config(run))
         if (run.out / "best" / ckpt.MODEL_FILE).is_file():
             ckpt.add_detector(run.out / "best", run.detector)
 

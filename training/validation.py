@@ -45,13 +45,14 @@ def validate(run: "Run") -> dict[str, float]:
         return {}
     ia = [run.held_A.names.index(n) for n in pairs]
     ib = [run.held_B.names.index(n) for n in pairs]
-    for net in (run.G_A, run.G_B):
+    G_A, G_B = run.published()
+    for net in (G_A, G_B):
         net.eval()
-    fake_B, _ = translate_u8(run, run.G_A, run.held_A.images[ia])
-    fake_A, _ = translate_u8(run, run.G_B, run.held_B.images[ib])
+    fake_B, _ = translate_u8(run, G_A, run.held_A.images[ia])
+    fake_A, _ = translate_u8(run, G_B, run.held_B.images[ib])
     _, real_B = translate_u8(run, nn.Identity(), run.held_B.images[ib])
     _, real_A = translate_u8(run, nn.Identity(), run.held_A.images[ia])
-    for net in (run.G_A, run.G_B):
+    for net in (G_A, G_B):
         net.train()
     hwc = lambda t: t.permute(0, 2, 3, 1).cpu().numpy()  # noqa: E731
     p2s = float(np.mean([ssim(a, b) for a, b in zip(hwc(fake_B), hwc(real_B))]))
@@ -67,7 +68,8 @@ def sample_grid(run: "Run", path: Path, k: int = 4) -> None:
     """Rows: input | translated | reconstructed, for k held-back photos and sketches."""
     from PIL import Image
     rows = []
-    for dom, fwd, back in ((run.held_A, run.G_A, run.G_B), (run.held_B, run.G_B, run.G_A)):
+    G_A, G_B = run.published()
+    for dom, fwd, back in ((run.held_A, G_A, G_B), (run.held_B, G_B, G_A)):
         if len(dom) == 0:
             continue
         for net in (fwd, back):
@@ -95,7 +97,7 @@ def end_of_epoch(run: "Run", losses: dict[str, float], seconds: float) -> None:
     plot_losses(run.out / "log.jsonl", run.out / "losses.png")
     if val and val["score"] > run.best_score:
         run.best_score = val["score"]
-        ckpt.save_model(run.out / "best", run.G_A, run.G_B, state.model_config(run))
+        ckpt.save_model(run.out / "best", *run.published(), state.model_config(run))
         log.info("epoch %d: validation score %.4f is the best so far -> %s", run.epoch,
                  val["score"], run.out / "best")
 
