@@ -313,6 +313,24 @@ def checker_bins(h: int, w: int, periods: tuple[int, ...] = CHECKER_PERIODS
     return out
 
 
+def checkerboard_parts(img: np.ndarray, periods: tuple[int, ...] = CHECKER_PERIODS) -> list[float]:
+    """The checkerboard measure's terms, in dB: for each period (in order), the frequency
+    along the rows (vertical), along the columns (horizontal) and on the diagonal
+    (checker_bins' order). ``checkerboard_db`` is their mean."""
+    g = to_gray(img)
+    h, w = g.shape
+    if min(h, w) < 16:
+        raise ValueError(f"checkerboard measure needs at least 16x16 pixels, got {w}x{h}")
+    win = np.outer(np.hanning(h), np.hanning(w))
+    power = np.abs(sp_fft.fft2((g - g.mean()) * win)) ** 2
+    out = []
+    for rows, cols in checker_bins(h, w, periods):
+        patch = power[np.ix_(rows, cols)]
+        ratio = (patch[CHECKER_CORE].mean() + 1e-12) / (patch[CHECKER_RING].mean() + 1e-12)
+        out.append(float(10 * np.log10(ratio)))
+    return out
+
+
 def checkerboard_db(img: np.ndarray, periods: tuple[int, ...] = CHECKER_PERIODS) -> float:
     """Spectral energy at an upsampling grid's frequencies against their neighbours, in dB.
 
@@ -326,14 +344,4 @@ def checkerboard_db(img: np.ndarray, periods: tuple[int, ...] = CHECKER_PERIODS)
     more. Measure outputs on the model's own pixel grid (before any resize) and
     compare with targets brought to that grid.
     """
-    g = to_gray(img)
-    h, w = g.shape
-    if min(h, w) < 16:
-        raise ValueError(f"checkerboard measure needs at least 16x16 pixels, got {w}x{h}")
-    win = np.outer(np.hanning(h), np.hanning(w))
-    power = np.abs(sp_fft.fft2((g - g.mean()) * win)) ** 2
-    ratios = []
-    for rows, cols in checker_bins(h, w, periods):
-        patch = power[np.ix_(rows, cols)]
-        ratios.append((patch[CHECKER_CORE].mean() + 1e-12) / (patch[CHECKER_RING].mean() + 1e-12))
-    return float(np.mean(10 * np.log10(ratios)))
+    return float(np.mean(checkerboard_parts(img, periods)))

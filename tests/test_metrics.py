@@ -201,6 +201,18 @@ def test_checkerboard_is_high_on_a_dot_pattern_and_low_on_smooth_images():
         checkerboard_db(np.zeros((8, 40)))
 
 
+def test_checkerboard_parts_name_the_period_and_axis_of_a_pattern():
+    from facesketch.metrics import checkerboard_db, checkerboard_parts
+    noisy = _smooth() + np.random.default_rng(0).normal(0, 8, (96, 80))  # a flat spectrum
+    yy = np.mgrid[0:96, 0:80][0]
+    rows4 = noisy + 20 * np.cos(np.pi * yy / 2)   # a wave along the rows of period 4 only
+    before, parts = checkerboard_parts(noisy), checkerboard_parts(rows4)
+    assert len(parts) == 6 and checkerboard_db(rows4) == pytest.approx(np.mean(parts))
+    # order: p2 vertical, horizontal, diagonal, then p4: only p4 vertical moves
+    assert parts[3] > before[3] + 20 and parts[3] > 20
+    assert np.allclose(np.delete(parts, 3), np.delete(before, 3), atol=0.5)
+
+
 def test_checkerboard_tells_transposed_convolution_from_resize_convolution():
     """The motivation of the "resize" arch (Odena et al.'s demonstration): with the same
     uniform 3x3 kernel, a stride-2 ConvTranspose overlaps unevenly (output pixels get 1, 2
