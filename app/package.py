@@ -51,6 +51,10 @@ def _recipe(tr: dict[str, Any], data: dict[str, Any]) -> str:
     if data.get("train_pairs"):
         parts.append(f"paired L1 x{tr.get('lambda_pair', 10.0):g} on the "
                      f"{data['train_pairs']} pairs")
+    if tr.get("lambda_fm") and data.get("train_pairs"):
+        parts.append(f"discriminator feature matching x{tr['lambda_fm']:g} on the pairs")
+    if tr.get("ema"):
+        parts.append(f"generator weights averaged (EMA, decay {tr['ema']:g})")
     if tr.get("cycle_noise"):
         parts.append(f"noise std {tr['cycle_noise']:g} before reconstruction")
     return ", ".join(parts)
@@ -60,8 +64,9 @@ def model_card(cfg: dict[str, Any], evaluation: dict[str, Any] | None,
                notes: str = "") -> str:
     tr, data, prog = cfg.get("train", {}), cfg.get("data", {}), cfg.get("progress", {})
     up = cfg["arch"].get("upsample", "transpose")
-    up_text = ("bilinear 2x resize + 3x3 conv upsampling (no checkerboard)" if up == "resize"
-               else "ConvTranspose upsampling (the reference layout)")
+    up_text = {"resize": "bilinear 2x resize + 3x3 conv upsampling (no checkerboard)",
+               "bicubic": "bicubic 2x resize + 3x3 conv upsampling (no checkerboard, no "
+                          "period-2 kinks)"}.get(up, "ConvTranspose upsampling (the reference layout)")
     pairs = data.get("train_pairs") or 0
     lines = [
         "# facesketch default model", "",

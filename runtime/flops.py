@@ -15,10 +15,10 @@ def generator_macs(blocks: int, ngf: int, size: int, input_nc: int = 3, output_n
                    upsample: str = "transpose") -> int:
     """Conv MACs of one generator forward pass on a size x size image.
 
-    ``upsample``: "transpose" (ConvTranspose, MACs per input pixel) or "resize"
-    (2x resize then a 3x3 conv, MACs per output pixel: 4x the transpose's).
+    ``upsample``: "transpose" (ConvTranspose, MACs per input pixel) or a resize ("resize",
+    "bicubic": 2x resize then a 3x3 conv, MACs per output pixel: 4x the transpose's).
     """
-    up = 4 if upsample == "resize" else 1
+    up = 1 if upsample == "transpose" else 4
     s1, s2 = math.ceil(size / 2), math.ceil(size / 4)          # stride-2 convs: k3, p1
     macs = size * size * ngf * input_nc * 49                   # c7s1-ngf
     macs += s1 * s1 * (2 * ngf) * ngf * 9                      # d(2ngf)

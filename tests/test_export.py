@@ -50,7 +50,7 @@ FORMAT_PARAMS = [pytest.param(n, marks=pytest.mark.gpu) if n == "tensorrt" else 
 
 
 # ----------------------------------------------------------------- the one check per format
-@pytest.mark.parametrize("arch", ["reference", "resize"])
+@pytest.mark.parametrize("arch", ["reference", "resize", "bicubic"])
 @pytest.mark.parametrize("fmt", FORMAT_PARAMS)
 def test_format_export_load_run_parity(fmt, arch, tiny_bundles, tiny_checkpoints, synthetic_data):
     """Every format of the table, for every generator arch: exported (or skipped with its
@@ -59,7 +59,7 @@ def test_format_export_load_run_parity(fmt, arch, tiny_bundles, tiny_checkpoints
     from runtime import Translator
     from runtime import backends as B
     from training.networks import ARCHS
-    assert set(ARCHS) == {"reference", "resize"}  # a new arch joins the parametrization
+    assert set(ARCHS) == {"reference", "resize", "bicubic"}  # a new arch joins the parametrization
     tiny_bundle, tiny_checkpoint = tiny_bundles(arch), tiny_checkpoints[arch]
     assert _manifest(tiny_bundle)["source"]["arch"]["upsample"] == ARCHS[arch]
     m = _manifest(tiny_bundle)

@@ -496,8 +496,8 @@ def test_init_starts_the_generators_from_a_model_and_checks_its_arch(tmp_path):
         bad.build()
 
 
-@pytest.mark.parametrize("arch", ["reference", "resize"])
-def test_both_archs_train_save_and_load(tmp_path, arch):
+@pytest.mark.parametrize("arch", ["reference", "resize", "bicubic"])
+def test_every_arch_trains_saves_and_loads(tmp_path, arch):
     write_images(tmp_path / "trainA", 3)
     write_images(tmp_path / "trainB", 3)
     out = train(TrainConfig(out=str(tmp_path / "run"), data=str(tmp_path), size=32, blocks=1, ngf=8,
@@ -508,6 +508,8 @@ def test_both_archs_train_save_and_load(tmp_path, arch):
     assert cfg["arch"]["upsample"] == ARCHS[arch]
     has_transpose = any(isinstance(m, torch.nn.ConvTranspose2d) for m in nets["G_A"].modules())
     assert has_transpose == (arch == "reference")
+    modes = {m.mode for m in nets["G_A"].modules() if isinstance(m, torch.nn.Upsample)}
+    assert modes == ({"bilinear"} if arch == "resize" else {"bicubic"} if arch == "bicubic" else set())
     with pytest.raises(ckpt.CheckpointError, match="arch"):  # resume must keep the arch
         other = "resize" if arch == "reference" else "reference"
         train(TrainConfig(out=str(out), data=str(tmp_path), size=32, blocks=1, ngf=8, ndf=8,

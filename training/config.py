@@ -22,9 +22,10 @@ class TrainConfig:
     sketches: Optional[str] = option(None, "folder of sketches")
     size: int = option(128, "image size the networks train at")
     blocks: int = option(3, "residual blocks in each generator")
-    arch: str = choices("resize", "reference", default="resize",
+    arch: str = choices("resize", "reference", "bicubic", default="resize",
                         help="generator upsampling: resize (bilinear resize + conv, no "
-                             "checkerboard) or reference (ConvTranspose, as the reference CycleGAN)")
+                             "checkerboard), reference (ConvTranspose, as the reference "
+                             "CycleGAN) or bicubic (bicubic resize + conv: no period-2 kinks)")
     # Network widths (reference: 64)
     ngf: int = option(64, "generator filters in the first layer")
     ndf: int = option(64, "discriminator filters in the first layer")

@@ -9,7 +9,7 @@ Names in code vs the paper (Zhu et al., 2017), domain A = photos, B = sketches:
   G_B  = F : sketch -> photo        D_B = D_X : judges photos   (real_A vs G_B(B))
   ResnetGenerator layers, paper notation: c7s1-64, d128, d256, R256 x N, u128, u64, c7s1-3.
 
-Two generator architectures (``ARCHS``), recorded as ``arch.upsample`` in every
+Three generator architectures (``ARCHS``), recorded as ``arch.upsample`` in every
 checkpoint and bundle:
   "reference"  u128/u64 are stride-2 ConvTranspose2d (k3), as the reference code:
                its kernels overlap unevenly and print a checkerboard of dots.
@@ -18,6 +18,11 @@ checkpoint and bundle:
                pixel sees the same kernel footprint. Bilinear rather than nearest: a
                nearest resize leaves a period-2 staircase that a 3x3 conv passes at a
                third of its amplitude (tests/test_metrics.py measures both). The default.
+  "bicubic"    as "resize" with a bicubic 2x resize: the bilinear interpolant has a kink
+               at every low-resolution sample, every other output pixel, which the next
+               3x3 conv can see; swapping in bicubic at inference took the default
+               model's period-2 energy to the artists' level (benchmarks/checker_origin.py
+               and the README's figures). Same weights' names as "resize".
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from torch import nn
 
 
 # arch name (what users pass as --arch) -> upsampling layer of u128/u64
-ARCHS = {"resize": "resize", "reference": "transpose"}
+ARCHS = {"resize": "resize", "reference": "transpose", "bicubic": "bicubic"}
 UPSAMPLERS = tuple(ARCHS.values())
+# resize upsamplers -> their interpolation (the others are ConvTranspose)
+RESIZE_MODES = {"resize": "bilinear", "bicubic": "bicubic"}
 
 
 class ResnetBlock(nn.Module):
@@ -84,7 +91,8 @@ class ResnetGenerator(nn.Module):
                 layers.append(nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, kernel_size=3, stride=2,
                                                  padding=1, output_padding=1, bias=True))
             else:
-                layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.ReflectionPad2d(1),
+                layers += [nn.Upsample(scale_factor=2, mode=RESIZE_MODES[upsample], align_corners=False),
+                           nn.ReflectionPad2d(1),
                            nn.Conv2d(ngf * mult, ngf * mult // 2, kernel_size=3, padding=0, bias=True)]
             layers += [
                 nn.InstanceNorm2d(ngf * mult // 2),
