@@ -8,6 +8,9 @@ is translated as it is and averaged over shifted copies of the input (2x2 shifts
 and 2 pixels, 4x4 by 0-3, each output shifted back: "cycle spinning"): what the 4x4
 average removes was locked to the grid, what survives moves with the content. The
 targets (the artists' sketches, the photos) on the same grid are the reference.
+With ``--swap``, the plain translation is also measured with the generator's resize
+upsamplers switched to another interpolation (no retraining): energy that follows the
+interpolation kernel comes from the upsampling.
 
     python -m benchmarks.checker_origin --model facesketch/models/default --every 10
 """
@@ -47,6 +50,13 @@ def translate_shifted(net: torch.nn.Module, square: np.ndarray, shifts: list[tup
     return ((y + 1.0) * 127.5 + 0.5).astype(np.uint8)
 
 
+def set_upsampling(net: torch.nn.Module, mode: str) -> None:
+    """Switch every nn.Upsample of ``net`` to ``mode`` (bilinear, bicubic, nearest)."""
+    for m in net.modules():
+        if isinstance(m, torch.nn.Upsample):
+            m.mode, m.align_corners = mode, (None if mode == "nearest" else False)
+
+
 def summarise(rows: list[list[float]]) -> dict:
     a = np.asarray(rows)
     return {"mean_db": round(float(a.mean()), 3),
@@ -58,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="facesketch/models/default", help="checkpoint folder")
     ap.add_argument("--cufs", type=Path, default=Path("../shared/data/cufs"))
     ap.add_argument("--every", type=int, default=10, help="use every N-th test pair")
+    ap.add_argument("--swap", nargs="*", default=["bicubic", "nearest"],
+                    help="interpolations to swap into the resize upsamplers (none: skip)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
     photos = imageio.list_images(a.cufs / "test_photos")[::a.every]
@@ -69,19 +81,29 @@ def main(argv: list[str] | None = None) -> int:
     size = int(cfg["image_size"])
     directions = {"photo2sketch": ("G_A", photos, sketches), "sketch2photo": ("G_B", sketches, photos)}
     result = {}
+    has_resize = any(isinstance(m, torch.nn.Upsample) for m in nets["G_A"].modules())
+    swaps = [m for m in a.swap if has_resize]
+    own = next((m.mode for m in nets["G_A"].modules() if isinstance(m, torch.nn.Upsample)), None)
     for direction, (name, inputs, targets) in directions.items():
-        rows: dict[str, list[list[float]]] = {k: [] for k in (*SHIFTS, "target")}
+        rows: dict[str, list[list[float]]] = {k: [] for k in (*SHIFTS, *(f"upsample_{m}" for m in swaps),
+                                                                "target")}
         for src, tgt in zip(inputs, targets):
             square, box = imageio.fit_square(imageio.decode(src), size)
             for label, shifts in SHIFTS.items():
                 out = translate_shifted(nets[name], square, shifts)
                 rows[label].append(checkerboard_parts(imageio.inner(out, box)))
+            for mode in swaps:
+                set_upsampling(nets[name], mode)
+                out = translate_shifted(nets[name], square, SHIFTS["none"])
+                rows[f"upsample_{mode}"].append(checkerboard_parts(imageio.inner(out, box)))
+                set_upsampling(nets[name], own)
             rows["target"].append(checkerboard_parts(imageio.inner(*imageio.fit_square(
                 imageio.decode(tgt), size))))
         result[direction] = {k: summarise(v) for k, v in rows.items()}
         print(direction, json.dumps({k: v["mean_db"] for k, v in result[direction].items()}), flush=True)
     out = sysinfo.write_result({"benchmark": "checker_origin", "model": str(a.model),
                                 "model_size": size, "pairs": len(photos), "every": a.every,
+                                "model_upsampling": own,
                                 "terms": TERMS, "directions": result, "machine": sysinfo.machine()},
                                a.out or RESULTS / "checker_origin.json")
     print(out)
