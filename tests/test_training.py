@@ -231,12 +231,35 @@ def test_run_writes_checkpoint_samples_and_logs(tmp_path, cufs):
     cfg = ckpt.read_config(out)
     assert cfg["image_size"] == 32 and cfg["data"]["layout"] == "cufs"
     assert cfg["progress"]["epoch"] == 2 and "val" in cfg["metrics"]
+    val = cfg["metrics"]["val"]   # scored at the files' own size, as evaluate scores the test set
+    assert val["score_on"] == "native" and val["pairs"] == 2
+    assert val["score"] == pytest.approx((val["native_fsim_photo2sketch"] + val["native_fsim_sketch2photo"]) / 2)
     rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert rows and all(np.isfinite(list(r["losses"].values())).all() for r in rows)
     grid = Image.open(out / "samples" / "epoch_001.png")
     assert grid.size == (3 * 32, 4 * 32)  # input | translated | reconstructed, 2+2 held back
     with pytest.raises(ckpt.CheckpointError, match="already holds a run"):
         train(tiny(tmp_path / "run", cufs))
+
+
+@pytest.mark.cufs
+def test_native_validation_translates_as_the_runtime_does(tmp_path, cufs):
+    """Validation's held-back pairs are the files at their own size, translated through
+    the runtime's geometry: the same pixels as runtime.Translator on the saved model."""
+    from runtime import Translator
+    from training import validation
+    from training.trainer import Run
+    out = train(tiny(tmp_path / "a", cufs, epochs=1))
+    run = Run(tiny(tmp_path / "b", cufs, epochs=1, init=str(out)))
+    run.load_data()
+    run.build()
+    assert len(run.held_native) == 2
+    photo, sketch = run.held_native[0]
+    assert photo.shape == (250, 200, 3) and sketch.shape[:2] == (250, 200)  # CUFS's own size
+    ours = validation.translate_native(run, run.G_A, photo)
+    theirs = Translator.load(out, backend="torch-cpu").translate(photo, "photo2sketch").image
+    assert ours.shape == theirs.shape == photo.shape
+    assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
 
 
 @pytest.mark.cufs

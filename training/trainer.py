@@ -224,6 +224,10 @@ class Run:
         held = choose_holdout(photos, sketches, cfg.holdout, cfg.seed)
         self.train_A, self.held_A = split_holdout(photos, held)
         self.train_B, self.held_B = split_holdout(sketches, held)
+        # the held-back pairs at their own size, for validation as the test set is scored
+        # (with --align auto training sees face crops: validation stays on those)
+        self.held_native = (validation.load_native_pairs(self.held_A, self.held_B)
+                            if cfg.align == "off" and self.master else [])
         if cfg.max_images is not None:
             self.train_A, _ = split_holdout(self.train_A, self.train_A.names[cfg.max_images:])
             self.train_B, _ = split_holdout(self.train_B, self.train_B.names[cfg.max_images:])
