@@ -263,6 +263,23 @@ def test_native_validation_translates_as_the_runtime_does(tmp_path, cufs):
 
 
 @pytest.mark.cufs
+def test_best_restarts_when_validation_changes_basis(tmp_path, cufs):
+    """A run resumed from a state whose best score was measured on the model's grid
+    (before validation at the files' size) must not keep comparing against it."""
+    from training import validation
+    from training.trainer import Run
+    run = Run(tiny(tmp_path / "r", cufs, epochs=1))
+    run.load_data()
+    run.build()
+    run.out.mkdir(parents=True)
+    run.best_score, run.best_score_on = 0.99, "grid"    # unreachable on the new basis
+    validation.end_of_epoch(run, {}, 1.0)
+    assert run.best_score_on == "native" and run.best_score < 0.99
+    assert run.best_score == run.history[-1]["val"]["score"]
+    assert (run.out / "best" / "model.safetensors").is_file()
+
+
+@pytest.mark.cufs
 def test_checkpoint_round_trip_is_bit_exact(tmp_path, cufs):
     out = train(tiny(tmp_path / "run", cufs, epochs=1))
     nets, cfg = ckpt.load_model(out)

@@ -53,6 +53,7 @@ def state_tensors(run: "Run") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         "pool_counts": {"pool_A": run.pool_A.count, "pool_B": run.pool_B.count},
         "python_random": _py_random_state(), "numpy_random": _np_random_state(),
         "best_score": None if run.best_score == -math.inf else run.best_score,
+        "best_score_on": run.best_score_on,
         "history": run.history, "precision": run.precision,
         "data": run.data_summary,
     }
@@ -140,6 +141,8 @@ def resume(run: "Run") -> None:
         run.epoch, run.step_in_epoch = run.epoch + 1, 0
     run.history = list(meta.get("history", []))
     run.best_score = -math.inf if meta.get("best_score") is None else float(meta["best_score"])
+    # states from before validation at the files' size scored on the model's grid
+    run.best_score_on = meta.get("best_score_on", "grid" if meta.get("best_score") is not None else None)
     if run.master:
         # Rows logged after this state was saved (then a kill -9) are about to be
         # logged again by the replayed steps: drop them so no step appears twice.

@@ -283,6 +283,7 @@ class Run:
         self.pool_B = ImagePool(cfg.pool_size, self.pool_gen)  # fakes of A for D_B
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_score = -math.inf
+        self.best_score_on: str | None = None  # "native" or "grid": what best_score measured
         self.history: list[dict[str, Any]] = []
 
     def init_generators(self, path: str) -> None:

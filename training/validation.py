@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -140,6 +141,11 @@ def end_of_epoch(run: "Run", losses: dict[str, float], seconds: float) -> None:
     run.history.append(entry)
     sample_grid(run, run.out / "samples" / f"epoch_{run.epoch:03d}.png")
     plot_losses(run.out / "log.jsonl", run.out / "losses.png")
+    if val and val["score_on"] != run.best_score_on:  # scores on another basis do not compare
+        if run.best_score_on is not None:
+            log.info("validation is now scored on %s, best/ so far on %s: best/ restarts",
+                     val["score_on"], run.best_score_on)
+        run.best_score, run.best_score_on = -math.inf, val["score_on"]
     if val and val["score"] > run.best_score:
         run.best_score = val["score"]
         ckpt.save_model(run.out / "best", *run.published(), state.model_config(run))
