@@ -342,6 +342,27 @@ def _pair_run(tmp_path: Path, photos: Path, sketches: Path, **kw):
     return run
 
 
+def _rotated_partners(tmp_path: Path) -> tuple[Path, Path]:
+    """Two photos and, by the same names, partners that differ (the photos rotated)."""
+    write_images(tmp_path / "p", 2, ext=".png", seed=1)
+    (tmp_path / "s").mkdir()
+    for f in sorted((tmp_path / "p").iterdir()):
+        Image.open(f).rotate(90).save(tmp_path / "s" / f.name)
+    return tmp_path / "p", tmp_path / "s"
+
+
+def _first_step_losses(tmp_path: Path, photos: Path, sketches: Path, option: str,
+                       weights: tuple[float, ...]) -> dict[float, dict[str, float]]:
+    """The named losses of the first step of the same run (seed, weights, batch) with
+    ``option`` set to each weight."""
+    from training.trainer import LOSS_NAMES
+    named = {}
+    for w in weights:
+        run = _pair_run(tmp_path, photos, sketches, out=str(tmp_path / f"r_{option}_{w}"), **{option: w})
+        named[w] = dict(zip(LOSS_NAMES, run.train_step(*run.batches(*run.orders(0), 0)).tolist()))
+    return named
+
+
 def test_pairs_auto_finds_pairs_by_file_name_and_shares_their_augmentation(tmp_path):
     # the same pictures in both folders, sketches as .jpg: every photo has its partner
     write_images(tmp_path / "p", 6, ext=".png", seed=1)
@@ -385,21 +406,11 @@ def test_unpaired_folders_and_pairs_off_train_unpaired(tmp_path, caplog):
 
 def test_pair_gradient_loss_adds_to_the_paired_loss_and_is_zero_for_equal_images(tmp_path):
     from training.losses import gradient_l1
-    from training.trainer import LOSS_NAMES
     x = torch.rand(2, 3, 16, 16)
     assert gradient_l1(x, x).tolist() == [0.0, 0.0]
     assert gradient_l1(x, x + 0.3).abs().max() < 1e-6          # a shift has the same edges
     assert (gradient_l1(x, torch.zeros_like(x)) > 0).all()
-    write_images(tmp_path / "p", 2, ext=".png", seed=1)
-    (tmp_path / "s").mkdir()
-    for f in sorted((tmp_path / "p").iterdir()):
-        Image.open(f).rotate(90).save(tmp_path / "s" / f.name)  # partners that differ
-    named = {}
-    for lam in (0.0, 10.0):
-        run = _pair_run(tmp_path, tmp_path / "p", tmp_path / "s", lambda_pair_grad=lam,
-                        out=str(tmp_path / f"r{lam}"))
-        real_A, real_B, paired = run.batches(*run.orders(0), 0)
-        named[lam] = dict(zip(LOSS_NAMES, run.train_step(real_A, real_B, paired).tolist()))
+    named = _first_step_losses(tmp_path, *_rotated_partners(tmp_path), "lambda_pair_grad", (0.0, 10.0))
     # same seed, same weights, same batch: the gradient term only adds
     assert named[10.0]["pair_A"] > named[0.0]["pair_A"] > 0
     assert named[10.0]["pair_B"] > named[0.0]["pair_B"] > 0
@@ -410,7 +421,6 @@ def test_spectral_loss_matches_evaluates_measure_and_flattens_a_dot_pattern(tmp_
     descending the spectral excess removes a dot pattern; the trainer logs the term."""
     from facesketch.metrics import checkerboard_db as measure
     from training.losses import checkerboard_db, spectral_excess
-    from training.trainer import LOSS_NAMES
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(3, 3, 48, 40, generator=gen, dtype=torch.float64)
     x[2, :, ::2, ::2] += 2.0                                    # a stride-2 dot pattern
@@ -443,33 +453,20 @@ def test_spectral_loss_matches_evaluates_measure_and_flattens_a_dot_pattern(tmp_
     assert spectral_excess(smooth, smooth).item() == 0.0        # no excess over itself
     write_images(tmp_path / "p", 2, ext=".png", seed=1)
     write_images(tmp_path / "s", 2, ext=".png", seed=2)
-    named = {}
-    for lam in (0.0, 1.0):
-        run = _pair_run(tmp_path, tmp_path / "p", tmp_path / "s", lambda_spectral=lam,
-                        out=str(tmp_path / f"r{lam}"))
-        named[lam] = dict(zip(LOSS_NAMES, run.train_step(*run.batches(*run.orders(0), 0)).tolist()))
+    named = _first_step_losses(tmp_path, tmp_path / "p", tmp_path / "s", "lambda_spectral", (0.0, 1.0))
     assert named[0.0]["spectral"] == 0 and named[1.0]["spectral"] >= 0
     assert named[1.0]["G"] == pytest.approx(named[0.0]["G"] + named[1.0]["spectral"], rel=1e-5)
 
 
 def test_feature_matching_compares_discriminator_features_of_paired_samples(tmp_path):
     from training.losses import feature_l1
-    from training.trainer import LOSS_NAMES
     D = init_weights(build_discriminator(8))
     x = torch.rand(2, 3, 32, 32)
     pred, feats = D(x, features=True)
     assert torch.equal(pred, D(x)) and len(feats) == 4   # same predictions, one per LeakyReLU
     assert feature_l1(feats, feats).tolist() == [0.0, 0.0]
     assert (feature_l1(feats, D(x.flip(-1), features=True)[1]) > 0).all()
-    write_images(tmp_path / "p", 2, ext=".png", seed=1)
-    (tmp_path / "s").mkdir()
-    for f in sorted((tmp_path / "p").iterdir()):
-        Image.open(f).rotate(90).save(tmp_path / "s" / f.name)  # partners that differ
-    named = {}
-    for lam in (0.0, 10.0):
-        run = _pair_run(tmp_path, tmp_path / "p", tmp_path / "s", lambda_fm=lam,
-                        out=str(tmp_path / f"r{lam}"))
-        named[lam] = dict(zip(LOSS_NAMES, run.train_step(*run.batches(*run.orders(0), 0)).tolist()))
+    named = _first_step_losses(tmp_path, *_rotated_partners(tmp_path), "lambda_fm", (0.0, 10.0))
     assert named[0.0]["fm_A"] == named[0.0]["fm_B"] == 0
     assert named[10.0]["fm_A"] > 0 and named[10.0]["fm_B"] > 0
     assert named[10.0]["G"] == pytest.approx(named[0.0]["G"] + named[10.0]["fm_A"]
@@ -477,8 +474,7 @@ def test_feature_matching_compares_discriminator_features_of_paired_samples(tmp_
     write_images(tmp_path / "u", 2, seed=2)       # unpaired folders: no partner, no matching
     for f in (tmp_path / "u").iterdir():
         f.rename(f.with_name("sk_" + f.name))
-    run = _pair_run(tmp_path, tmp_path / "p", tmp_path / "u", lambda_fm=10.0, out=str(tmp_path / "ru"))
-    named = dict(zip(LOSS_NAMES, run.train_step(*run.batches(*run.orders(0), 0)).tolist()))
+    named = _first_step_losses(tmp_path, tmp_path / "p", tmp_path / "u", "lambda_fm", (10.0,))[10.0]
     assert named["fm_A"] == named["fm_B"] == 0
 
 

@@ -65,17 +65,16 @@ def native_scores(run: "Run", G_A: nn.Module, G_B: nn.Module) -> dict[str, float
     from facesketch.metrics import fsim, ssim, to_gray
     rows = []
     for photo, sketch in run.held_native:
-        fake_s = to_gray(translate_native(run, G_A, photo))
-        fake_p = to_gray(translate_native(run, G_B, sketch))
-        rows.append((fsim(fake_s, to_gray(sketch)), fsim(fake_p, to_gray(photo)),
-                     ssim(fake_s, to_gray(sketch)), ssim(fake_p, to_gray(photo))))
+        fake_s, real_s = to_gray(translate_native(run, G_A, photo)), to_gray(sketch)
+        fake_p, real_p = to_gray(translate_native(run, G_B, sketch)), to_gray(photo)
+        rows.append((fsim(fake_s, real_s), fsim(fake_p, real_p), ssim(fake_s, real_s), ssim(fake_p, real_p)))
     m = np.mean(rows, axis=0)
     return {"native_fsim_photo2sketch": float(m[0]), "native_fsim_sketch2photo": float(m[1]),
             "native_ssim_photo2sketch": float(m[2]), "native_ssim_sketch2photo": float(m[3])}
 
 
 @torch.no_grad()
-def validate(run: "Run") -> dict[str, float]:
+def validate(run: "Run") -> dict[str, float | str]:
     """FSIM and SSIM of translations of held-back paired images against their partners:
     on the model's grid (the stored training squares), and where the files can be read
     again, at their own size as the test set is scored; ``score`` (what picks best/) is
