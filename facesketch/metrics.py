@@ -89,12 +89,13 @@ def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
 _PC_SCALES, _PC_ORIENTS = 4, 4
 _PC_MIN_WAVELENGTH, _PC_MULT = 6, 2
 _PC_SIGMA_ONF, _PC_DTHETA_ON_SIGMA, _PC_K = 0.55, 1.2, 2.0
-_PC_EPS = 1e-4
+PC_EPS = 1e-4
 _T1, _T2, _T3, _T4, _LAMBDA = 0.85, 160.0, 200.0, 200.0, 0.03
 _YIQ = np.array([[0.299, 0.587, 0.114],     # the coefficients FeatureSIM.m uses
                  [0.596, -0.274, -0.322],
                  [0.211, -0.523, 0.312]])
-_SCHARR_X = np.array([[3.0, 0.0, -3.0], [10.0, 0.0, -10.0], [3.0, 0.0, -3.0]]) / 16.0
+SCHARR_X = np.array([[3.0, 0.0, -3.0], [10.0, 0.0, -10.0], [3.0, 0.0, -3.0]]) / 16.0
+YIQ_Y = _YIQ[0]
 
 
 def _freq_range(n: int) -> np.ndarray:
@@ -107,7 +108,7 @@ def _freq_range(n: int) -> np.ndarray:
 _FILTER_CACHE: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
-def _log_gabor_bank(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def log_gabor_bank(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(filters[o, s], EM_n[o], noise-sum terms[o]) for an image of this size (cached)."""
     key = (rows, cols)
     if key in _FILTER_CACHE:
@@ -152,6 +153,23 @@ def _log_gabor_bank(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.nd
 _FILTER32: dict[tuple[int, int], np.ndarray] = {}
 
 
+def pc_noise_threshold(median_e2n, em_n: float, noise_terms: np.ndarray):
+    """phasecong2's noise threshold for one orientation, from the median squared filter
+    amplitude at the smallest scale (a float, or a tensor of them: torch uses this too)."""
+    noise_power = (-median_e2n / np.log(0.5)) / em_n
+    tau = ((2 * noise_power * noise_terms[0] + 4 * noise_power * noise_terms[1]) / 2) ** 0.5
+    return (tau * np.sqrt(np.pi / 2) + _PC_K * np.sqrt(2 - np.pi / 2) * tau) / 1.7
+
+
+def fsim_similarity(pc1, pc2, g1, g2):
+    """FeatureSIM.m's per-pixel similarity S_L = S_PC * S_G and its weight PCm = max(PC1, PC2),
+    of phase-congruency and gradient-magnitude maps (numpy arrays, or torch tensors: the
+    training loss uses the same formula); FSIM = sum(S_L * PCm) / sum(PCm)."""
+    pc_sim = (2 * pc1 * pc2 + _T1) / (pc1 ** 2 + pc2 ** 2 + _T1)
+    g_sim = (2 * g1 * g2 + _T2) / (g1 ** 2 + g2 ** 2 + _T2)
+    return g_sim * pc_sim, (pc1 + pc2 + abs(pc1 - pc2)) / 2
+
+
 def phase_congruency(img: np.ndarray) -> np.ndarray:
     """Phase congruency map of a 2-D float image (phasecong2.m, the PC_2 measure).
 
@@ -160,7 +178,7 @@ def phase_congruency(img: np.ndarray) -> np.ndarray:
     an all-float64 computation on CUFS pairs, at about 1.5x the speed."""
     im = np.asarray(img, dtype=np.float64)
     rows, cols = im.shape
-    filters, em_n, noise_terms = _log_gabor_bank(rows, cols)
+    filters, em_n, noise_terms = log_gabor_bank(rows, cols)
     f32 = _FILTER32.get((rows, cols))
     if f32 is None:
         if len(_FILTER32) > 8:
@@ -170,7 +188,7 @@ def phase_congruency(img: np.ndarray) -> np.ndarray:
     eo = sp_fft.ifft2(spectrum[None, None] * f32, axes=(-2, -1))      # [o, s, r, c]
     energy_all = np.zeros((rows, cols))
     an_all = np.zeros((rows, cols))
-    eps = np.float32(_PC_EPS)
+    eps = np.float32(PC_EPS)
     for o in range(_PC_ORIENTS):
         e, od = eo[o].real, eo[o].imag
         an = np.abs(eo[o])
@@ -180,16 +198,13 @@ def phase_congruency(img: np.ndarray) -> np.ndarray:
         energy = (e * mean_e + od * mean_o - np.abs(e * mean_o - od * mean_e)).sum(axis=0, dtype=np.float64)
         # noise from the smallest scale: median of the squared amplitude (Rayleigh)
         median_e2n = float(np.median(an[0].astype(np.float64) ** 2))
-        noise_power = (-median_e2n / np.log(0.5)) / em_n[o]
-        est_noise_energy2 = 2 * noise_power * noise_terms[o, 0] + 4 * noise_power * noise_terms[o, 1]
-        tau = np.sqrt(est_noise_energy2 / 2)
-        threshold = (tau * np.sqrt(np.pi / 2) + _PC_K * np.sqrt((2 - np.pi / 2) * tau ** 2)) / 1.7
+        threshold = pc_noise_threshold(median_e2n, em_n[o], noise_terms[o])
         energy_all += np.maximum(energy - threshold, 0.0)
         an_all += an.sum(axis=0, dtype=np.float64)
     return energy_all / an_all
 
 
-def _downsample(x: np.ndarray, f: int) -> np.ndarray:
+def fsim_downsample(x: np.ndarray, f: int) -> np.ndarray:
     """conv2(x, fspecial('average', f), 'same') then x(1:f:end, 1:f:end), as FeatureSIM.m."""
     if f == 1:
         return x
@@ -202,8 +217,8 @@ def _downsample(x: np.ndarray, f: int) -> np.ndarray:
 
 
 def _gradient_magnitude(y: np.ndarray) -> np.ndarray:
-    ix = ndimage.convolve(y, _SCHARR_X, mode="constant")
-    iy = ndimage.convolve(y, _SCHARR_X.T, mode="constant")
+    ix = ndimage.convolve(y, SCHARR_X, mode="constant")
+    iy = ndimage.convolve(y, SCHARR_X.T, mode="constant")
     return np.sqrt(ix ** 2 + iy ** 2)
 
 
@@ -230,15 +245,20 @@ def _check_fsim_input(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def fsim_factor(rows: int, cols: int) -> int:
+    """FeatureSIM.m's subsampling factor F for an image of this size."""
+    return max(1, round(min(rows, cols) / 256))
+
+
 def fsim_features(img: np.ndarray) -> FsimFeatures:
     """FSIM features of an HxW (luma) or HxWx3 (RGB, luma = Y of YIQ) image, 0..255."""
     x = _check_fsim_input(np.asarray(img, dtype=np.float64))
-    f = max(1, round(min(x.shape[:2]) / 256))
+    f = fsim_factor(*x.shape[:2])
     colour = x.ndim == 3
-    y = _downsample(x @ _YIQ[0] if colour else x, f)
+    y = fsim_downsample(x @ _YIQ[0] if colour else x, f)
     feats = FsimFeatures(x.shape, phase_congruency(y), _gradient_magnitude(y))
     if colour:
-        feats.i, feats.q = _downsample(x @ _YIQ[1], f), _downsample(x @ _YIQ[2], f)
+        feats.i, feats.q = fsim_downsample(x @ _YIQ[1], f), fsim_downsample(x @ _YIQ[2], f)
     return feats
 
 
@@ -247,10 +267,8 @@ def fsim_from(a: FsimFeatures, b: FsimFeatures, chromatic: bool = False) -> tupl
     if a.shape != b.shape:
         raise ValueError(f"FSIM needs images of the same size, got {a.shape} and {b.shape}")
     pc1, pc2, g1, g2 = a.pc, b.pc, a.grad, b.grad
-    pc_sim = (2 * pc1 * pc2 + _T1) / (pc1 ** 2 + pc2 ** 2 + _T1)
-    g_sim = (2 * g1 * g2 + _T2) / (g1 ** 2 + g2 ** 2 + _T2)
-    pcm = np.maximum(pc1, pc2)
-    sim = g_sim * pc_sim * pcm
+    s_l, pcm = fsim_similarity(pc1, pc2, g1, g2)
+    sim = s_l * pcm
     gray_score = float(sim.sum() / pcm.sum())
     if not chromatic:
         return gray_score, None

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 torch = pytest.importorskip("torch")
+F = torch.nn.functional
 
 from facesketch.config import ConfigError, from_dict  # noqa: E402
 from facesketch.imageio import decode  # noqa: E402
@@ -413,6 +414,33 @@ def test_pair_gradient_loss_adds_to_the_paired_loss_and_is_zero_for_equal_images
     named = _first_step_losses(tmp_path, *_rotated_partners(tmp_path), "lambda_pair_grad", (0.0, 10.0))
     # same seed, same weights, same batch: the gradient term only adds
     assert named[10.0]["pair_A"] > named[0.0]["pair_A"] > 0
+    assert named[10.0]["pair_B"] > named[0.0]["pair_B"] > 0
+
+
+def test_fsim_loss_is_evaluates_fsim_and_its_gradient_raises_it(tmp_path):
+    """training.losses.fsim equals facesketch.metrics.fsim (the evaluation's measure), also
+    where FSIM first subsamples (F = 2 from 384 px); its gradient raises it; the trainer adds
+    1 - FSIM of paired samples to the paired loss."""
+    from facesketch.metrics import fsim as measure
+    from training.losses import fsim
+    gen = torch.Generator().manual_seed(0)
+    smooth = F.interpolate(torch.rand(2, 3, 12, 10, generator=gen, dtype=torch.float64) * 2 - 1,
+                           size=(60, 48), mode="bilinear", align_corners=False)
+    x, y = smooth[:1], smooth[1:]
+    for a, b in ((x, y), (F.interpolate(x, scale_factor=8), F.interpolate(y, scale_factor=8))):
+        want = measure(*((t[0].permute(1, 2, 0).numpy() + 1) * 127.5 for t in (a, b)))
+        assert fsim(a, b).item() == pytest.approx(want, abs=1e-6)
+    assert fsim(x, x).item() == pytest.approx(1.0)
+    fake = x.float().clone().requires_grad_(True)
+    opt = torch.optim.Adam([fake], lr=0.02)
+    first = fsim(fake, y.float()).item()
+    for _ in range(30):
+        opt.zero_grad()
+        (1 - fsim(fake, y.float())).sum().backward()
+        opt.step()
+    assert fsim(fake, y.float()).item() > first + 0.05
+    named = _first_step_losses(tmp_path, *_rotated_partners(tmp_path), "lambda_pair_fsim", (0.0, 10.0))
+    assert named[10.0]["pair_A"] > named[0.0]["pair_A"] > 0   # same step: the FSIM term only adds
     assert named[10.0]["pair_B"] > named[0.0]["pair_B"] > 0
 
 

@@ -3,6 +3,8 @@
 - ``gradient_l1``: paired L1 on finite differences (strokes where the artist drew them).
 - ``feature_l1``: paired L1 on the discriminator's features (pix2pixHD's feature
   matching, Wang et al., 2018): a perceptual loss that needs no downloaded network.
+- ``fsim``: FSIM (Zhang et al., 2011), the evaluation's structure measure, in torch and
+  differentiable: a paired loss ``1 - FSIM`` on phase congruency and gradient magnitude.
 - ``checkerboard_db``: the checkerboard measure of ``facesketch evaluate``
   (facesketch.metrics.checkerboard_db, same frequencies, window and bins), in
   torch and differentiable, per image. The spectral loss penalises a
@@ -14,8 +16,11 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from facesketch.metrics import CHECKER_CORE, CHECKER_RING, LUMA, checker_bins
+from facesketch.metrics import (CHECKER_CORE, CHECKER_RING, LUMA, PC_EPS, SCHARR_X, YIQ_Y,
+                                checker_bins, fsim_factor, fsim_similarity, log_gabor_bank,
+                                pc_noise_threshold)
 
 
 def gradient_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -67,3 +72,56 @@ def spectral_excess(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     power at the grid's frequencies only (the ring is detached)."""
     return torch.relu(checkerboard_db(fake, ring_grad=False)
                       - checkerboard_db(real).mean().detach())
+
+
+def _luma255(x: torch.Tensor) -> torch.Tensor:
+    """N x C x H x W in [-1, 1] (C = 1 or 3) -> N x H x W luma (Y of YIQ) in 0..255."""
+    x = (x.float() + 1.0) * 127.5
+    if x.shape[1] == 3:
+        return torch.einsum("nchw,c->nhw", x, torch.as_tensor(YIQ_Y, dtype=x.dtype, device=x.device))
+    return x[:, 0]
+
+
+def phase_congruency(y: torch.Tensor) -> torch.Tensor:
+    """Phase congruency (phasecong2's PC_2) of an N x H x W batch, differentiable: the
+    same filters and arithmetic as facesketch.metrics.phase_congruency (the noise
+    threshold, a median, carries no gradient)."""
+    n, rows, cols = y.shape
+    filters, em_n, noise_terms = log_gabor_bank(rows, cols)
+    filt = torch.as_tensor(filters, dtype=y.dtype, device=y.device)          # O x S x H x W
+    eo = torch.fft.ifft2(torch.fft.fft2(y)[:, None, None] * filt)           # N x O x S x H x W
+    energy_all = y.new_zeros(y.shape)
+    an_all = y.new_zeros(y.shape)
+    for o in range(filt.shape[0]):
+        e, od = eo[:, o].real, eo[:, o].imag
+        an = (e.square() + od.square() + 1e-12).sqrt()
+        sum_e, sum_o = e.sum(1), od.sum(1)
+        x_energy = (sum_e.square() + sum_o.square() + 1e-12).sqrt() + PC_EPS
+        mean_e, mean_o = (sum_e / x_energy)[:, None], (sum_o / x_energy)[:, None]
+        energy = (e * mean_e + od * mean_o - (e * mean_o - od * mean_e).abs()).sum(1)
+        median_e2n = an[:, 0].detach().square().flatten(1).quantile(0.5, dim=1)
+        threshold = pc_noise_threshold(median_e2n, float(em_n[o]), noise_terms[o])
+        energy_all = energy_all + torch.relu(energy - threshold[:, None, None])
+        an_all = an_all + an.sum(1)
+    return energy_all / an_all
+
+
+def _fsim_maps(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(phase congruency, Scharr gradient magnitude) of an N x H x W luma batch, after
+    FeatureSIM.m's averaging and subsampling."""
+    f = fsim_factor(*y.shape[1:])
+    if f > 1:  # MATLAB's 'same' averaging of an f x f kernel, then every f-th pixel
+        before, after = (f - 1) - f // 2, f // 2
+        y = F.avg_pool2d(F.pad(y[:, None], (before, after, before, after)), f)[:, 0]
+    k = torch.as_tensor(SCHARR_X, dtype=y.dtype, device=y.device)
+    g = F.conv2d(y[:, None], torch.stack([k, k.T])[:, None], padding=1)
+    return phase_congruency(y), (g.square().sum(1) + 1e-12).sqrt()
+
+
+def fsim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample FSIM (grayscale; facesketch.metrics.fsim) of two N x C x H x W batches in
+    [-1, 1], differentiable in both: ``1 - fsim`` is a paired loss on the features the
+    evaluation scores (phase congruency, gradients) with no learned weights."""
+    (pc1, g1), (pc2, g2) = _fsim_maps(_luma255(x)), _fsim_maps(_luma255(y))
+    s_l, pcm = fsim_similarity(pc1, pc2, g1, g2)
+    return (s_l * pcm).sum((1, 2)) / pcm.sum((1, 2)).clamp(min=1e-12)

@@ -35,7 +35,7 @@ from .config import TrainConfig
 from .data import (DataError, Domain, augment, choose_holdout, load_domain, load_size_for,
                    resolve_layout, split_holdout, to_float)
 from .launch import write_rank_digest
-from .losses import feature_l1, gradient_l1, spectral_excess
+from .losses import feature_l1, fsim, gradient_l1, spectral_excess
 from .networks import build_discriminator, build_generator, init_weights
 
 log = logging.getLogger("facesketch.train")
@@ -416,6 +416,10 @@ class Run:
                 wg = paired * (cfg.lambda_pair_grad / paired.sum().clamp(min=1.0))
                 pair_a = pair_a + (wg * gradient_l1(fake_B.float(), real_B)).sum()
                 pair_b = pair_b + (wg * gradient_l1(fake_A.float(), real_A)).sum()
+            if cfg.lambda_pair_fsim > 0:  # the evaluation's structure measure, as a loss
+                wf = paired * (cfg.lambda_pair_fsim / paired.sum().clamp(min=1.0))
+                pair_a = pair_a + (wf * (1 - fsim(fake_B, real_B))).sum()
+                pair_b = pair_b + (wf * (1 - fsim(fake_A, real_A))).sum()
         fm_a = fm_b = zero
         if fm:  # the discriminators' features of a translation against its partner's
             with torch.no_grad(), ac:
