@@ -51,6 +51,10 @@ def _recipe(tr: dict[str, Any], data: dict[str, Any]) -> str:
     if data.get("train_pairs"):
         parts.append(f"paired L1 x{tr.get('lambda_pair', 10.0):g} on the "
                      f"{data['train_pairs']} pairs")
+    if tr.get("lambda_pair_grad") and data.get("train_pairs"):
+        parts.append(f"paired gradient L1 x{tr['lambda_pair_grad']:g}")
+    if tr.get("lambda_pair_fsim") and data.get("train_pairs"):
+        parts.append(f"paired FSIM loss (1 - FSIM) x{tr['lambda_pair_fsim']:g}")
     if tr.get("lambda_fm") and data.get("train_pairs"):
         parts.append(f"discriminator feature matching x{tr['lambda_fm']:g} on the pairs")
     if tr.get("ema"):
@@ -98,11 +102,14 @@ def model_card(cfg: dict[str, Any], evaluation: dict[str, Any] | None,
     hist = [h for h in cfg.get("card", {}).get("validation_history") or [] if "ssim_photo2sketch" in h]
     if hist:
         size = cfg["image_size"]
-        lines += [f"Validation history on the held-back train pairs ({size}x{size} canvas; epoch: "
+        native = all("native_fsim_photo2sketch" in h for h in hist)
+        where = "at the files' own size, as the test set is scored" if native else f"{size}x{size} canvas"
+        key = "native_fsim" if native else "fsim"
+        lines += [f"Validation history on the held-back train pairs ({where}; epoch: "
                   "learning rate, FSIM photo->sketch / sketch->photo where measured, else SSIM): "
                   + "; ".join(
                       f"{h['epoch'] + 1}: {h.get('lr') or 0:.1e}, "
-                      + (f"FSIM {h['fsim_photo2sketch']:.3f} / {h['fsim_sketch2photo']:.3f}"
+                      + (f"FSIM {h[key + '_photo2sketch']:.3f} / {h[key + '_sketch2photo']:.3f}"
                          if "fsim_photo2sketch" in h else
                          f"SSIM {h['ssim_photo2sketch']:.3f} / {h['ssim_sketch2photo']:.3f}")
                       for h in hist) + ".", ""]

@@ -69,3 +69,20 @@ def test_default_model_beats_doing_nothing_on_cufs_test(cufs):
         ours, nothing = report["metrics"][direction]["all"], report["input_vs_target"][direction]["all"]
         assert ours["fsim"] > nothing["fsim"], (direction, ours["fsim"], nothing["fsim"])
         assert ours["ssim"] > nothing["ssim"], (direction, ours["ssim"], nothing["ssim"])
+
+
+def test_model_card_names_the_recipe_and_the_validation_basis():
+    pytest.importorskip("torch")
+    from app.package import model_card
+    hist = {"epoch": 2, "lr": 1e-4, "ssim_photo2sketch": 0.5, "fsim_photo2sketch": 0.8,
+            "fsim_sketch2photo": 0.8, "native_fsim_photo2sketch": 0.77, "native_fsim_sketch2photo": 0.81}
+    cfg = {"arch": {"blocks": 6, "ngf": 32, "upsample": "resize"}, "image_size": 192,
+           "train": {"lambda_pair": 10, "lambda_pair_fsim": 30, "batch_size": 1, "lr": 1e-4},
+           "data": {"train_pairs": 256, "train_photos": 256, "train_sketches": 256, "held_out": ["1"]},
+           "card": {"validation_history": [hist]}}
+    card = model_card(cfg, None)
+    assert "paired L1 x10 on the 256 pairs, paired FSIM loss (1 - FSIM) x30" in card
+    assert "at the files' own size" in card and "3: 1.0e-04, FSIM 0.770 / 0.810" in card
+    del hist["native_fsim_photo2sketch"]          # an older run: the model's grid, said so
+    card = model_card(cfg, None)
+    assert "192x192 canvas" in card and "FSIM 0.800 / 0.800" in card and "x30" in card
