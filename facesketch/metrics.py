@@ -204,11 +204,17 @@ def phase_congruency(img: np.ndarray) -> np.ndarray:
     return energy_all / an_all
 
 
-def fsim_downsample(x: np.ndarray, f: int) -> np.ndarray:
+def same_padding(f: int) -> tuple[int, int]:
+    """(before, after) padding of MATLAB's 'same' filtering with an f x f kernel (an even
+    kernel sits one pixel off centre)."""
+    return (f - 1) - f // 2, f // 2
+
+
+def _downsample(x: np.ndarray, f: int) -> np.ndarray:
     """conv2(x, fspecial('average', f), 'same') then x(1:f:end, 1:f:end), as FeatureSIM.m."""
     if f == 1:
         return x
-    before, after = (f - 1) - f // 2, f // 2     # where MATLAB's 'same' puts an even kernel
+    before, after = same_padding(f)
     p = np.pad(x, ((before, after), (before, after)))
     c = np.pad(p.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     h, w = x.shape
@@ -255,10 +261,10 @@ def fsim_features(img: np.ndarray) -> FsimFeatures:
     x = _check_fsim_input(np.asarray(img, dtype=np.float64))
     f = fsim_factor(*x.shape[:2])
     colour = x.ndim == 3
-    y = fsim_downsample(x @ _YIQ[0] if colour else x, f)
+    y = _downsample(x @ _YIQ[0] if colour else x, f)
     feats = FsimFeatures(x.shape, phase_congruency(y), _gradient_magnitude(y))
     if colour:
-        feats.i, feats.q = fsim_downsample(x @ _YIQ[1], f), fsim_downsample(x @ _YIQ[2], f)
+        feats.i, feats.q = _downsample(x @ _YIQ[1], f), _downsample(x @ _YIQ[2], f)
     return feats
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from facesketch.metrics import (CHECKER_CORE, CHECKER_RING, LUMA, PC_EPS, SCHARR_X, YIQ_Y,
                                 checker_bins, fsim_factor, fsim_similarity, log_gabor_bank,
-                                pc_noise_threshold)
+                                pc_noise_threshold, same_padding)
 
 
 def gradient_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -111,7 +111,7 @@ def _fsim_maps(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     FeatureSIM.m's averaging and subsampling."""
     f = fsim_factor(*y.shape[1:])
     if f > 1:  # MATLAB's 'same' averaging of an f x f kernel, then every f-th pixel
-        before, after = (f - 1) - f // 2, f // 2
+        before, after = same_padding(f)
         y = F.avg_pool2d(F.pad(y[:, None], (before, after, before, after)), f)[:, 0]
     k = torch.as_tensor(SCHARR_X, dtype=y.dtype, device=y.device)
     g = F.conv2d(y[:, None], torch.stack([k, k.T])[:, None], padding=1)
