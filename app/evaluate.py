@@ -39,7 +39,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from facesketch import imageio, sysinfo
-from facesketch.metrics import FsimFeatures, checkerboard_db, fsim_features, fsim_from, psnr, ssim, to_gray
+from facesketch.metrics import (FsimFeatures, checkerboard_db, cross_hatch, fsim_features, fsim_from, psnr,
+                                ssim, to_gray)
 from facesketch.progress import ProgressBar
 
 log = logging.getLogger("facesketch.evaluate")
@@ -186,13 +187,17 @@ def photo_scores(generated: np.ndarray, real: np.ndarray,
             "psnr": psnr(g.astype(np.float64), real.astype(np.float64))}
 
 
+# texture measures taken on the model's own pixel grid, of outputs and of targets alike
+GRID_MEASURES = {"checkerboard_db": checkerboard_db, "cross_hatch": cross_hatch}
+
+
 def score_pair(photo: np.ndarray, sketch: np.ndarray, gen_sketch: np.ndarray, gen_photo: np.ndarray,
                raw_sketch: np.ndarray | None = None, raw_photo: np.ndarray | None = None,
                model_size: int | None = None) -> dict[str, Any]:
     """Every score of one pair. Each target's FSIM features are computed once and serve
     both the translation and the doing-nothing baseline. With the raw (model-grid)
-    outputs and the model size, also the checkerboard measure of ours and of the
-    target brought to the same grid (metrics.checkerboard_db)."""
+    outputs and the model size, also the texture measures of GRID_MEASURES (checkerboard,
+    cross-hatch) of ours and of the target brought to the same grid."""
     sketch_f, photo_f = fsim_features(to_gray(sketch)), fsim_features(photo)
     row: dict[str, Any] = {
         "photo2sketch": sketch_scores(gen_sketch, sketch, sketch_f),
@@ -202,10 +207,11 @@ def score_pair(photo: np.ndarray, sketch: np.ndarray, gen_sketch: np.ndarray, ge
     }
     if raw_sketch is not None and raw_photo is not None and model_size:
         on_grid = lambda img: imageio.inner(*imageio.fit_square(img, model_size))  # noqa: E731
-        row["photo2sketch"]["checkerboard_db"] = checkerboard_db(raw_sketch)
-        row["sketch2photo"]["checkerboard_db"] = checkerboard_db(raw_photo)
-        row["target_checkerboard_db"] = {"photo2sketch": checkerboard_db(on_grid(sketch)),
-                                         "sketch2photo": checkerboard_db(on_grid(photo))}
+        for name, measure in GRID_MEASURES.items():
+            row["photo2sketch"][name] = measure(raw_sketch)
+            row["sketch2photo"][name] = measure(raw_photo)
+            row[f"target_{name}"] = {"photo2sketch": measure(on_grid(sketch)),
+                                     "sketch2photo": measure(on_grid(photo))}
     return row
 
 
@@ -365,17 +371,16 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if r["subset"]:
             groups.setdefault(r["subset"], []).append(r)
     out: dict[str, Any] = {"groups": groups, "metrics": {}, "input_vs_target": {}, "detector": {},
-                           "target_checkerboard_db": {}}
+                           **{f"target_{m}": {} for m in GRID_MEASURES}}
     for direction, keys in METRIC_KEYS.items():
-        keys = (*keys, "checkerboard_db")
-        out["metrics"][direction] = {g: _summary([r[direction] for r in rs], keys)
+        out["metrics"][direction] = {g: _summary([r[direction] for r in rs], (*keys, *GRID_MEASURES))
                                      for g, rs in groups.items()}
         out["input_vs_target"][direction] = {g: _summary([r["input_vs_target"][direction] for r in rs],
-                                                         keys[:-1]) for g, rs in groups.items()}
-        out["target_checkerboard_db"][direction] = {
-            g: _summary([{"checkerboard_db": r["target_checkerboard_db"][direction]}
-                         for r in rs if "target_checkerboard_db" in r], ("checkerboard_db",))
-            for g, rs in groups.items()}
+                                                         keys) for g, rs in groups.items()}
+        for m in GRID_MEASURES:
+            out[f"target_{m}"][direction] = {
+                g: _summary([{m: r[f"target_{m}"][direction]} for r in rs if f"target_{m}" in r], (m,))
+                for g, rs in groups.items()}
     for g, rs in groups.items():
         wrong_p = [r["name"] for r in rs if r["detector"]["photo"][0] != "photo"]
         wrong_s = [r["name"] for r in rs if r["detector"]["sketch"][0] != "sketch"]
@@ -399,6 +404,10 @@ DEFINITIONS = {
     "checkerboard_db": "spectral power at the 2x upsampling grid's frequencies (periods 2 and 4 "
                        "model pixels) over their neighbourhood, dB, on the model's own pixel grid; "
                        "target_checkerboard_db: the same of the targets fitted to that grid",
+    "cross_hatch": "share of fine-scale oriented energy (log-Gabor, wavelengths 6 and 12 px, 9x9 "
+                   "neighbourhoods) in two crossing directions at once, 0..0.5: a regular lattice "
+                   "scores high, strokes of one direction low; on the model's own pixel grid; "
+                   "target_cross_hatch: the same of the targets fitted to that grid",
 }
 
 
@@ -486,7 +495,7 @@ def _report(run: _Run, pairs: Pairs, model: Path, translator: Any, limit: int | 
         "definitions": DEFINITIONS,
         "metrics": agg["metrics"],
         "input_vs_target": agg["input_vs_target"],
-        "target_checkerboard_db": agg["target_checkerboard_db"],
+        **{f"target_{m}": agg[f"target_{m}"] for m in GRID_MEASURES},
         "detector": agg["detector"],
         "anchors": ANCHORS,
         "grid": {"path": grid_path, "faces": [nm for nm in run.grid_names if nm in run.grid_images]},
@@ -566,15 +575,19 @@ def markdown(report: dict[str, Any]) -> str:
         for g, s in by_group.items():
             lines.append(f"| {direction.replace('2', ' -> ')} | {g} | {_fmt(s['ssim'])} | "
                          f"{_fmt(s['fsim'])} | {_fmt(s.get('fsimc'))} |")
-    cb, tcb = report["metrics"], report.get("target_checkerboard_db", {})
-    if any("checkerboard_db" in cb[d][ALL] for d in cb):
-        lines += ["", "Checkerboard measure (dB at the upsampling grid's frequencies over their "
-                  "neighbours, on the model's pixel grid; about 0 = no dot pattern):", "",
-                  "| direction | ours | target (artist's sketch / real photo) |",
-                  "| --- | ---: | ---: |"]
-        for d in cb:
-            lines.append(f"| {d.replace('2', ' -> ')} | {_fmt(cb[d][ALL].get('checkerboard_db'), 2)} | "
-                         f"{_fmt(tcb.get(d, {}).get(ALL, {}).get('checkerboard_db'), 2)} |")
+    ours = report["metrics"]
+    if any("checkerboard_db" in ours[d][ALL] for d in ours):
+        target = lambda d, m: report.get(f"target_{m}", {}).get(d, {}).get(ALL, {}).get(m)  # noqa: E731
+        lines += ["", "Texture measures on the model's pixel grid: checkerboard (dB at the "
+                  "upsampling grid's frequencies over their neighbours; about 0 = no dot pattern) "
+                  "and cross-hatch (share of fine oriented energy in two crossing directions; "
+                  "a lattice scores high):", "",
+                  "| direction | checkerboard ours | checkerboard target | cross-hatch ours | "
+                  "cross-hatch target |", "| --- | ---: | ---: | ---: | ---: |"]
+        for d in ours:
+            lines.append(f"| {d.replace('2', ' -> ')} | {_fmt(ours[d][ALL].get('checkerboard_db'), 2)} | "
+                         f"{_fmt(target(d, 'checkerboard_db'), 2)} | "
+                         f"{_fmt(ours[d][ALL].get('cross_hatch'), 3)} | {_fmt(target(d, 'cross_hatch'), 3)} |")
     lines += ["", "Domain detector on the same images:", "",
               "| subset | photos right | sketches right | overall |", "| --- | ---: | ---: | ---: |"]
     for g, d in report["detector"].items():

@@ -369,3 +369,35 @@ def checkerboard_db(img: np.ndarray, periods: tuple[int, ...] = CHECKER_PERIODS)
     compare with targets brought to that grid.
     """
     return float(np.mean(checkerboard_parts(img, periods)))
+
+
+# ------------------------------------------------------------------ cross-hatch
+CROSS_SCALES = (0, 1)   # the log-Gabor bank's two finest scales: wavelengths 6 and 12 px
+CROSS_WINDOW = 9        # pixels: the neighbourhood over which energies are averaged
+
+
+def cross_hatch(img: np.ndarray) -> float:
+    """Share of fine-scale oriented energy that crosses itself (0..0.5).
+
+    A pencil stroke or a hair strand has one direction; a regular lattice (a crossing
+    mesh such as a generator can draw for hair it cannot place) has two at once. On the
+    luma's responses to FSIM's log-Gabor bank at its two finest scales (wavelengths 6 and
+    12 px; 4 orientations 45 degrees apart), with energy averaged over 9x9 neighbourhoods:
+    sum over pixels of min(E_0, E_90) + min(E_45, E_135), over the sum of all four. One
+    direction scores about 0.15 (the filters are broad), isotropic noise about 0.4, a
+    diagonal lattice about 0.5. CUFS artist sketches score about 0.19. Measure outputs on
+    the model's own pixel grid, targets brought to it, as for the checkerboard measure.
+    Training's cross-hatch loss (training.losses.cross_hatch) is this in torch.
+    """
+    g = to_gray(img) / 255.0
+    h, w = g.shape
+    if min(h, w) < 16:
+        raise ValueError(f"cross-hatch measure needs at least 16x16 pixels, got {w}x{h}")
+    filt = log_gabor_bank(h, w)[0][:, list(CROSS_SCALES)]
+    eo = sp_fft.ifft2(sp_fft.fft2(g)[None, None] * filt, axes=(-2, -1))
+    energy = (eo.real ** 2 + eo.imag ** 2).sum(1)                    # orientation x H x W
+    count = ndimage.uniform_filter(np.ones((h, w)), CROSS_WINDOW, mode="constant")
+    local = np.stack([ndimage.uniform_filter(e, CROSS_WINDOW, mode="constant") / count
+                      for e in energy])
+    crossing = np.minimum(local[0], local[2]) + np.minimum(local[1], local[3])
+    return float(crossing.sum() / max(local.sum(), 1e-20))

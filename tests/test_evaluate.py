@@ -51,17 +51,19 @@ def test_cli_evaluate_on_cufs_writes_report_table_and_grid(tiny_checkpoint, cufs
     assert p2s["ssim"] < report["input_vs_target"]["photo2sketch"]["all"]["ssim"]
     assert [r["name"] for r in report["per_image"]] == ["1.jpg", "2.jpg", "3.jpg"]
     assert report["per_image"][0]["sketch2photo"].keys() == {"ssim", "fsim", "fsimc", "psnr",
-                                                               "checkerboard_db"}
+                                                               "checkerboard_db", "cross_hatch"}
     for direction in E.METRIC_KEYS:  # ours and the target's, on the model's grid
         assert np.isfinite(report["metrics"][direction]["all"]["checkerboard_db"])
         assert -10 < report["target_checkerboard_db"][direction]["all"]["checkerboard_db"] < 5
+        assert 0 < report["metrics"][direction]["all"]["cross_hatch"] < 0.5
+        assert 0.1 < report["target_cross_hatch"][direction]["all"]["cross_hatch"] < 0.3  # real faces
     det = report["detector"]["all"]
     assert det["n_photos"] == det["n_sketches"] == 3 and 0 <= det["accuracy"] <= 1
     assert det["photo_accuracy"] == det["sketch_accuracy"] == 1.0     # real CUFS faces
     assert report["model"]["detector"] == "cnn"
     table = md.read_text()
     assert "0.7343" in table and "0.7652" in table and "CUHK_student" in table
-    assert "Checkerboard measure" in table
+    assert "Texture measures" in table and "cross-hatch ours" in table
     assert "| photo -> sketch | all | 3 |" in table and "| sketch -> photo | CUHK_student | 3 |" in table
     assert table in printed
     img = Image.open(grid)

@@ -201,6 +201,26 @@ def test_checkerboard_is_high_on_a_dot_pattern_and_low_on_smooth_images():
         checkerboard_db(np.zeros((8, 40)))
 
 
+def _strands_and_lattice(h: int = 96, w: int = 80) -> tuple[np.ndarray, np.ndarray]:
+    """Near-vertical wavy strands (one direction, as hair an artist draws) and a diagonal
+    lattice of about the same period (as a generator drew hair): 0..255."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    strands = np.sin(2 * np.pi * xx / 7 + 0.3 * np.sin(yy / 9))
+    lattice = 0.5 * (np.sin(2 * np.pi * (xx + yy) / 9) + np.sin(2 * np.pi * (xx - yy) / 9))
+    return 128 + 60 * strands, 128 + 60 * lattice
+
+
+def test_cross_hatch_is_high_on_a_lattice_and_low_on_strokes_of_one_direction():
+    from facesketch.metrics import cross_hatch
+    strands, lattice = _strands_and_lattice()
+    diagonal = 128 + 60 * np.sin(2 * np.pi * np.add.outer(np.arange(96), np.arange(80)) / 9)
+    assert cross_hatch(strands) < 0.2 and cross_hatch(diagonal) < 0.2   # any one direction
+    assert cross_hatch(lattice) > 0.45                                   # two at once
+    assert cross_hatch(np.dstack([lattice] * 3)) == pytest.approx(cross_hatch(lattice), abs=1e-6)
+    with pytest.raises(ValueError, match="16x16"):
+        cross_hatch(np.zeros((8, 40)))
+
+
 def test_checkerboard_parts_name_the_period_and_axis_of_a_pattern():
     from facesketch.metrics import checkerboard_db, checkerboard_parts
     noisy = _smooth() + np.random.default_rng(0).normal(0, 8, (96, 80))  # a flat spectrum

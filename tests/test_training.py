@@ -217,7 +217,7 @@ def test_real_training_step_changes_weights_with_finite_losses(tmp_path, cufs):
     from training.trainer import LOSS_NAMES
     named = dict(zip(LOSS_NAMES, losses.tolist()))
     assert torch.isfinite(losses).all()
-    assert [named.pop(k) for k in ("spectral", "fm_A", "fm_B")] == [0, 0, 0]  # off by default
+    assert [named.pop(k) for k in ("spectral", "cross", "fm_A", "fm_B")] == [0, 0, 0, 0]  # off by default
     assert all(v > 0 for v in named.values()), named
     assert any(not torch.equal(before[k], v) for k, v in run.G_A.state_dict().items())
     assert any(not torch.equal(d_before[k], v) for k, v in run.D_A.state_dict().items())
@@ -442,6 +442,33 @@ def test_fsim_loss_is_evaluates_fsim_and_its_gradient_raises_it(tmp_path):
     named = _first_step_losses(tmp_path, *_rotated_partners(tmp_path), "lambda_pair_fsim", (0.0, 10.0))
     assert named[10.0]["pair_A"] > named[0.0]["pair_A"] > 0   # same step: the FSIM term only adds
     assert named[10.0]["pair_B"] > named[0.0]["pair_B"] > 0
+
+
+def test_cross_hatch_loss_matches_evaluates_measure_and_unpicks_a_lattice(tmp_path):
+    """training.losses.cross_hatch is facesketch.metrics.cross_hatch in torch; descending
+    the cross-hatch excess over a strands image makes a lattice less of one (alone, by
+    fading it: in training the paired losses hold the structure);
+    keeping its fine structure; the trainer logs the term and adds it to the G loss."""
+    from facesketch.metrics import cross_hatch as measure
+    from test_metrics import _strands_and_lattice
+    from training.losses import cross_excess, cross_hatch
+    strands, lattice = (torch.from_numpy(a / 127.5 - 1)[None, None].expand(1, 3, -1, -1)
+                        for a in _strands_and_lattice(48, 40))
+    noise = torch.rand(1, 3, 48, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = torch.cat([strands, lattice, noise * 2 - 1])
+    want = [measure((img.permute(1, 2, 0).numpy() + 1) * 127.5) for img in x]
+    assert cross_hatch(x).tolist() == pytest.approx(want, abs=1e-5)
+    assert cross_excess(strands, lattice).item() == 0 < cross_excess(lattice, strands).item()
+    fake = lattice.float().clone().requires_grad_(True)
+    opt = torch.optim.Adam([fake], lr=0.02)
+    for _ in range(40):
+        opt.zero_grad()
+        cross_excess(fake, strands.float()).sum().backward()
+        opt.step()
+    assert cross_hatch(fake.detach()).item() < want[1] - 0.05
+    named = _first_step_losses(tmp_path, *_rotated_partners(tmp_path), "lambda_cross", (0.0, 10.0))
+    assert named[0.0]["cross"] == 0 and named[10.0]["cross"] >= 0
+    assert named[10.0]["G"] == pytest.approx(named[0.0]["G"] + named[10.0]["cross"], rel=1e-5)
 
 
 def test_spectral_loss_matches_evaluates_measure_and_flattens_a_dot_pattern(tmp_path):

@@ -63,6 +63,11 @@ class TrainConfig:
                                           "and gradient magnitude of the luma, the evaluation's "
                                           "measure, differentiable) between a translation and "
                                           "its partner; 0 = off")
+    lambda_cross: float = option(0.0, "cross-hatch loss weight: a translation's share of "
+                                      "fine-scale oriented energy that crosses itself (the "
+                                      "evaluation's cross-hatch measure) above the real images' "
+                                      "of its domain; against the lattice a paired FSIM loss "
+                                      "draws in hair; 0 = off")
     lambda_fm: float = option(0.0, "discriminator feature matching on paired samples (pix2pixHD): "
                                     "L1 between the discriminator's features of a translation "
                                     "and of its partner (the artist's sketch, the photo), a "
@@ -97,7 +102,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
-        for name in ("lambda_pair", "lambda_pair_grad", "lambda_pair_fsim", "lambda_fm", "lambda_spectral", "cycle_noise",
+        for name in ("lambda_pair", "lambda_pair_grad", "lambda_pair_fsim", "lambda_cross", "lambda_fm", "lambda_spectral", "cycle_noise",
                      "lambda_cycle", "lambda_identity"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -35,12 +35,12 @@ from .config import TrainConfig
 from .data import (DataError, Domain, augment, choose_holdout, load_domain, load_size_for,
                    resolve_layout, split_holdout, to_float)
 from .launch import write_rank_digest
-from .losses import feature_l1, fsim, gradient_l1, spectral_excess
+from .losses import cross_excess, feature_l1, fsim, gradient_l1, spectral_excess
 from .networks import build_discriminator, build_generator, init_weights
 
 log = logging.getLogger("facesketch.train")
 LOSS_NAMES = ("G_adv_A", "G_adv_B", "cycle_A", "cycle_B", "idt_A", "idt_B", "pair_A", "pair_B",
-              "fm_A", "fm_B", "spectral", "G", "D_A", "D_B")
+              "fm_A", "fm_B", "spectral", "cross", "G", "D_A", "D_B")
 G_INDEX = LOSS_NAMES.index("G")
 
 
@@ -431,7 +431,12 @@ class Run:
         if cfg.lambda_spectral > 0:  # no more grid-frequency energy than the real images
             spec = cfg.lambda_spectral * (spectral_excess(fake_B, real_B).mean()
                                           + spectral_excess(fake_A, real_A).mean())
-        loss_G = g_adv_A + g_adv_B + cyc_A + cyc_B + idt_a + idt_b + pair_a + pair_b + fm_a + fm_b + spec
+        cross = zero
+        if cfg.lambda_cross > 0:  # no more crossing texture than the real images
+            cross = cfg.lambda_cross * (cross_excess(fake_B, real_B).mean()
+                                        + cross_excess(fake_A, real_A).mean())
+        loss_G = (g_adv_A + g_adv_B + cyc_A + cyc_B + idt_a + idt_b + pair_a + pair_b + fm_a + fm_b
+                  + spec + cross)
         self.opt_G.zero_grad(set_to_none=True)
         self.scaler_G.scale(loss_G).backward()
         self.scaler_G.step(self.opt_G)
@@ -454,7 +459,7 @@ class Run:
         self.scaler_D.step(self.opt_D)
         self.scaler_D.update()
         return torch.stack([g_adv_A, g_adv_B, cyc_A, cyc_B, idt_a, idt_b, pair_a, pair_b, fm_a, fm_b,
-                            spec, loss_G,
+                            spec, cross, loss_G,
                             loss_D_A, loss_D_B]).detach()
 
 def find_pairs(photos: Domain, sketches: Domain) -> dict[int, int]:
