@@ -45,7 +45,7 @@ def refit_detector(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _recipe(tr: dict[str, Any], data: dict[str, Any]) -> str:
     lc = tr.get("lambda_cycle", 10.0)
-    parts = [f"LSGAN, cycle x{lc:g}"]
+    parts = [f"LSGAN x{tr.get('lambda_gan', 1.0):g}, cycle x{lc:g}"]
     if tr.get("lambda_identity"):
         parts.append(f"identity x{lc * tr['lambda_identity']:g}")
     if data.get("train_pairs"):

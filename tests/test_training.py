@@ -444,9 +444,17 @@ def test_fsim_loss_is_evaluates_fsim_and_its_gradient_raises_it(tmp_path):
     assert named[10.0]["pair_B"] > named[0.0]["pair_B"] > 0
 
 
+def test_lambda_gan_scales_the_generators_adversarial_terms_only(tmp_path):
+    named = _first_step_losses(tmp_path, *_rotated_partners(tmp_path), "lambda_gan", (1.0, 5.0))
+    for k in ("G_adv_A", "G_adv_B"):
+        assert named[5.0][k] == pytest.approx(5 * named[1.0][k], rel=1e-5) and named[1.0][k] > 0
+    for k in ("cycle_A", "pair_A", "D_A"):
+        assert named[5.0][k] == pytest.approx(named[1.0][k], rel=1e-5)
+
+
 def test_cross_hatch_loss_matches_evaluates_measure_and_unpicks_a_lattice(tmp_path):
     """training.losses.cross_hatch is facesketch.metrics.cross_hatch in torch; descending
-    the cross-hatch excess over a strands image makes a lattice less of one (alone, by
+    the cross-hatch excess over a strands partner makes a lattice less of one (alone, by
     fading it: in training the paired losses hold the structure);
     keeping its fine structure; the trainer logs the term and adds it to the G loss."""
     from facesketch.metrics import cross_hatch as measure
@@ -459,6 +467,7 @@ def test_cross_hatch_loss_matches_evaluates_measure_and_unpicks_a_lattice(tmp_pa
     want = [measure((img.permute(1, 2, 0).numpy() + 1) * 127.5) for img in x]
     assert cross_hatch(x).tolist() == pytest.approx(want, abs=1e-5)
     assert cross_excess(strands, lattice).item() == 0 < cross_excess(lattice, strands).item()
+    assert cross_excess(lattice, lattice).item() == 0       # crossing the partner has is free
     fake = lattice.float().clone().requires_grad_(True)
     opt = torch.optim.Adam([fake], lr=0.02)
     for _ in range(40):

@@ -50,6 +50,9 @@ class TrainConfig:
                                        "and the schedule start fresh")
     lr: float = option(2e-4, "Adam learning rate")
     beta1: float = option(0.5, "Adam beta1")
+    lambda_gan: float = option(1.0, "adversarial (LSGAN) loss weight of the generators: "
+                                    "texture no paired loss can place (hair strands) is the "
+                                    "discriminators' to judge")
     lambda_cycle: float = option(10.0, "cycle-consistency loss weight")
     lambda_identity: float = option(0.5, "identity loss weight, times the cycle weight (0 = off)")
     pairs: str = choices("auto", "off", default="auto",
@@ -63,11 +66,11 @@ class TrainConfig:
                                           "and gradient magnitude of the luma, the evaluation's "
                                           "measure, differentiable) between a translation and "
                                           "its partner; 0 = off")
-    lambda_cross: float = option(0.0, "cross-hatch loss weight: a translation's share of "
-                                      "fine-scale oriented energy that crosses itself (the "
-                                      "evaluation's cross-hatch measure) above the real images' "
-                                      "of its domain; against the lattice a paired FSIM loss "
-                                      "draws in hair; 0 = off")
+    lambda_cross: float = option(0.0, "paired cross-hatch loss weight: a translation's "
+                                      "fine-scale oriented energy in two crossing directions "
+                                      "at once (the evaluation's cross-hatch measure, per "
+                                      "neighbourhood) above its partner's there, against the "
+                                      "lattice a paired FSIM loss draws in hair; 0 = off")
     lambda_fm: float = option(0.0, "discriminator feature matching on paired samples (pix2pixHD): "
                                     "L1 between the discriminator's features of a translation "
                                     "and of its partner (the artist's sketch, the photo), a "
@@ -103,7 +106,7 @@ class TrainConfig:
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
         for name in ("lambda_pair", "lambda_pair_grad", "lambda_pair_fsim", "lambda_cross", "lambda_fm", "lambda_spectral", "cycle_noise",
-                     "lambda_cycle", "lambda_identity"):
+                     "lambda_gan", "lambda_cycle", "lambda_identity"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_images is not None and self.max_images < 1:

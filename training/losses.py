@@ -7,8 +7,8 @@
   differentiable: a paired loss ``1 - FSIM`` on phase congruency and gradient magnitude.
 - ``cross_hatch``: the cross-hatch measure of ``facesketch evaluate``
   (facesketch.metrics.cross_hatch) in torch; ``cross_excess`` penalises a translation's
-  crossing oriented energy above the real images' of its domain: a paired FSIM loss alone
-  let the generator draw a diagonal lattice where the artist drew hair strands.
+  crossing oriented energy above its partner's at the same place: a paired FSIM loss
+  alone let the generator draw a diagonal lattice where the artist drew hair strands.
 - ``checkerboard_db``: the checkerboard measure of ``facesketch evaluate``
   (facesketch.metrics.checkerboard_db, same frequencies, window and bins), in
   torch and differentiable, per image. The spectral loss penalises a
@@ -78,11 +78,9 @@ def spectral_excess(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
                       - checkerboard_db(real).mean().detach())
 
 
-def cross_hatch(x: torch.Tensor, total_grad: bool = True) -> torch.Tensor:
-    """Per-image cross-hatch measure (facesketch.metrics.cross_hatch) of an N x C x H x W
-    batch in [-1, 1], differentiable. ``total_grad=False`` detaches the denominator (all
-    fine-scale oriented energy): a loss then lowers the crossing energy instead of adding
-    energy in one direction."""
+def _cross_maps(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(crossing, total) local fine-scale oriented energy maps (N x H x W) of a batch in
+    [-1, 1], as facesketch.metrics.cross_hatch computes them."""
     y = _luma255(x) / 255.0
     n, rows, cols = y.shape
     filt = torch.as_tensor(log_gabor_bank(rows, cols)[0][:, list(CROSS_SCALES)],
@@ -92,14 +90,28 @@ def cross_hatch(x: torch.Tensor, total_grad: bool = True) -> torch.Tensor:
     local = F.avg_pool2d(energy, CROSS_WINDOW, stride=1, padding=CROSS_WINDOW // 2,
                          count_include_pad=False)
     crossing = torch.minimum(local[:, 0], local[:, 2]) + torch.minimum(local[:, 1], local[:, 3])
-    total = local.sum((1, 2, 3))
-    return crossing.sum((1, 2)) / (total if total_grad else total.detach()).clamp(min=1e-20)
+    return crossing, local.sum(1)
 
 
-def cross_excess(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Per-image excess of a translation's cross-hatch measure over the mean of the real
-    target-domain images beside it (0 where it does not exceed it)."""
-    return torch.relu(cross_hatch(fake, total_grad=False) - cross_hatch(real).mean().detach())
+def cross_hatch(x: torch.Tensor) -> torch.Tensor:
+    """Per-image cross-hatch measure (facesketch.metrics.cross_hatch) of an N x C x H x W
+    batch in [-1, 1], differentiable."""
+    crossing, total = _cross_maps(x)
+    return crossing.sum((1, 2)) / total.sum((1, 2)).clamp(min=1e-20)
+
+
+def cross_excess(fake: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+    """Per-pair crossing energy of a translation above its partner's at the same place
+    (the artist's sketch, the real photo), over the translation's fine oriented energy.
+
+    Local, so a lattice in the hair is not paid for by less crossing elsewhere (a whole-
+    image ratio was: the mesh stayed), and relative to the partner, so crossing the
+    artist drew costs nothing. The denominator carries no gradient: the loss lowers
+    crossing energy rather than adding energy in one direction."""
+    crossing, total = _cross_maps(fake)
+    with torch.no_grad():
+        target = _cross_maps(partner)[0]
+    return torch.relu(crossing - target).sum((1, 2)) / total.detach().sum((1, 2)).clamp(min=1e-20)
 
 
 def _luma255(x: torch.Tensor) -> torch.Tensor:

@@ -400,8 +400,8 @@ class Run:
                     fake_B, fake_A, features=True)
             else:
                 pred_fake_B, pred_fake_A = self.discs_g(fake_B, fake_A)
-        g_adv_A = mse_to(pred_fake_B, 1.0)
-        g_adv_B = mse_to(pred_fake_A, 1.0)
+        g_adv_A = mse_to(pred_fake_B, 1.0) * cfg.lambda_gan
+        g_adv_B = mse_to(pred_fake_A, 1.0) * cfg.lambda_gan
         cyc_A = F.l1_loss(rec_A.float(), real_A) * lam_c
         cyc_B = F.l1_loss(rec_B.float(), real_B) * lam_c
         zero = real_A.new_zeros(())
@@ -432,9 +432,9 @@ class Run:
             spec = cfg.lambda_spectral * (spectral_excess(fake_B, real_B).mean()
                                           + spectral_excess(fake_A, real_A).mean())
         cross = zero
-        if cfg.lambda_cross > 0:  # no more crossing texture than the real images
-            cross = cfg.lambda_cross * (cross_excess(fake_B, real_B).mean()
-                                        + cross_excess(fake_A, real_A).mean())
+        if cfg.lambda_cross > 0 and paired is not None:  # no crossing the partner has not
+            wc = paired * (cfg.lambda_cross / paired.sum().clamp(min=1.0))
+            cross = (wc * (cross_excess(fake_B, real_B) + cross_excess(fake_A, real_A))).sum()
         loss_G = (g_adv_A + g_adv_B + cyc_A + cyc_B + idt_a + idt_b + pair_a + pair_b + fm_a + fm_b
                   + spec + cross)
         self.opt_G.zero_grad(set_to_none=True)
