@@ -54,7 +54,8 @@ def _recipe(tr: dict[str, Any], data: dict[str, Any]) -> str:
     if tr.get("lambda_pair_grad") and data.get("train_pairs"):
         parts.append(f"paired gradient L1 x{tr['lambda_pair_grad']:g}")
     if tr.get("lambda_pair_fsim") and data.get("train_pairs"):
-        parts.append(f"paired FSIM loss (1 - FSIM) x{tr['lambda_pair_fsim']:g}")
+        blur = f" on images blurred (Gaussian sigma {tr['fsim_blur']:g} px)" if tr.get("fsim_blur") else ""
+        parts.append(f"paired FSIM loss (1 - FSIM){blur} x{tr['lambda_pair_fsim']:g}")
     if tr.get("lambda_cross"):
         parts.append(f"cross-hatch loss x{tr['lambda_cross']:g}")
     if tr.get("lambda_fm") and data.get("train_pairs"):

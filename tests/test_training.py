@@ -24,7 +24,7 @@ from training.config import TrainConfig  # noqa: E402
 from training.data import DataError, detect_layout, resolve_layout  # noqa: E402
 from training.networks import (build_discriminator, build_generator, count_parameters,  # noqa: E402
                                init_weights)
-from training.trainer import lr_factor, train  # noqa: E402
+from training.trainer import LOSS_NAMES, lr_factor, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -442,6 +442,22 @@ def test_fsim_loss_is_evaluates_fsim_and_its_gradient_raises_it(tmp_path):
     named = _first_step_losses(tmp_path, *_rotated_partners(tmp_path), "lambda_pair_fsim", (0.0, 10.0))
     assert named[10.0]["pair_A"] > named[0.0]["pair_A"] > 0   # same step: the FSIM term only adds
     assert named[10.0]["pair_B"] > named[0.0]["pair_B"] > 0
+
+
+def test_fsim_blur_is_scipys_gaussian_and_changes_only_the_fsim_term(tmp_path):
+    from scipy.ndimage import gaussian_filter
+    from training.losses import gaussian_blur
+    x = torch.rand(2, 3, 40, 36, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    want = gaussian_filter(x[1, 2].numpy(), 1.5, mode="mirror", truncate=3.0)
+    assert np.abs(gaussian_blur(x, 1.5)[1, 2].numpy() - want).max() < 1e-12
+    assert gaussian_blur(x, 0) is x
+    rot = _rotated_partners(tmp_path)
+    named = {}
+    for blur in (0.0, 1.5):
+        run = _pair_run(tmp_path, *rot, out=str(tmp_path / f"b{blur}"), lambda_pair_fsim=10.0, fsim_blur=blur)
+        named[blur] = dict(zip(LOSS_NAMES, run.train_step(*run.batches(*run.orders(0), 0)).tolist()))
+    assert named[1.5]["pair_A"] != pytest.approx(named[0.0]["pair_A"], rel=1e-4)
+    assert named[1.5]["cycle_A"] == pytest.approx(named[0.0]["cycle_A"], rel=1e-5)
 
 
 def test_lambda_gan_scales_the_generators_adversarial_terms_only(tmp_path):

@@ -66,6 +66,10 @@ class TrainConfig:
                                           "and gradient magnitude of the luma, the evaluation's "
                                           "measure, differentiable) between a translation and "
                                           "its partner; 0 = off")
+    fsim_blur: float = option(0.0, "Gaussian blur (sigma, pixels at --size) of both images "
+                                   "before the paired FSIM loss: strokes finer than about "
+                                   "4 sigma (hair strands, whose places no loss can predict) "
+                                   "leave it, contours stay; 0 = none")
     lambda_cross: float = option(0.0, "paired cross-hatch loss weight: a translation's "
                                       "fine-scale oriented energy in two crossing directions "
                                       "at once (the evaluation's cross-hatch measure, per "
@@ -106,7 +110,7 @@ class TrainConfig:
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
         for name in ("lambda_pair", "lambda_pair_grad", "lambda_pair_fsim", "lambda_cross", "lambda_fm", "lambda_spectral", "cycle_noise",
-                     "lambda_gan", "lambda_cycle", "lambda_identity"):
+                     "lambda_gan", "lambda_cycle", "lambda_identity", "fsim_blur"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_images is not None and self.max_images < 1:

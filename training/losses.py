@@ -9,6 +9,7 @@
   (facesketch.metrics.cross_hatch) in torch; ``cross_excess`` penalises a translation's
   crossing oriented energy above its partner's at the same place: a paired FSIM loss
   alone let the generator draw a diagonal lattice where the artist drew hair strands.
+- ``gaussian_blur``: what ``--fsim-blur`` applies before the FSIM loss.
 - ``checkerboard_db``: the checkerboard measure of ``facesketch evaluate``
   (facesketch.metrics.checkerboard_db, same frequencies, window and bins), in
   torch and differentiable, per image. The spectral loss penalises a
@@ -18,6 +19,8 @@
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -112,6 +115,18 @@ def cross_excess(fake: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         target = _cross_maps(partner)[0]
     return torch.relu(crossing - target).sum((1, 2)) / total.detach().sum((1, 2)).clamp(min=1e-20)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur (radius 3 sigma, reflected borders) of an N x C x H x W batch."""
+    if sigma <= 0:
+        return x
+    r = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-t.square() / (2 * sigma ** 2))
+    k = (k / k.sum()).repeat(x.shape[1], 1)[:, None]                        # C x 1 x K
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k[..., None, :], groups=x.shape[1])
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k[..., :, None], groups=x.shape[1])
 
 
 def _luma255(x: torch.Tensor) -> torch.Tensor:

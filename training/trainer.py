@@ -35,7 +35,7 @@ from .config import TrainConfig
 from .data import (DataError, Domain, augment, choose_holdout, load_domain, load_size_for,
                    resolve_layout, split_holdout, to_float)
 from .launch import write_rank_digest
-from .losses import cross_excess, feature_l1, fsim, gradient_l1, spectral_excess
+from .losses import cross_excess, feature_l1, fsim, gaussian_blur, gradient_l1, spectral_excess
 from .networks import build_discriminator, build_generator, init_weights
 
 log = logging.getLogger("facesketch.train")
@@ -418,8 +418,9 @@ class Run:
                 pair_b = pair_b + (wg * gradient_l1(fake_A.float(), real_A)).sum()
             if cfg.lambda_pair_fsim > 0:  # the evaluation's structure measure, as a loss
                 wf = paired * (cfg.lambda_pair_fsim / paired.sum().clamp(min=1.0))
-                pair_a = pair_a + (wf * (1 - fsim(fake_B, real_B))).sum()
-                pair_b = pair_b + (wf * (1 - fsim(fake_A, real_A))).sum()
+                blur = lambda t: gaussian_blur(t.float(), cfg.fsim_blur)  # noqa: E731
+                pair_a = pair_a + (wf * (1 - fsim(blur(fake_B), blur(real_B)))).sum()
+                pair_b = pair_b + (wf * (1 - fsim(blur(fake_A), blur(real_A)))).sum()
         fm_a = fm_b = zero
         if fm:  # the discriminators' features of a translation against its partner's
             with torch.no_grad(), ac:
