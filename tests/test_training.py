@@ -444,6 +444,27 @@ def test_fsim_loss_is_evaluates_fsim_and_its_gradient_raises_it(tmp_path):
     assert named[10.0]["pair_B"] > named[0.0]["pair_B"] > 0
 
 
+def test_pooled_fsim_prefers_strands_to_a_lattice_and_sharp_contours_to_blurred():
+    """Exact FSIM scores a regular lattice above strands of the artist's kind a pixel or two
+    off (why the FSIM loss drew a mesh in hair); --fsim-pool's shift tolerance reverses
+    that, still scores a blank below both, and still prefers a sharp contour."""
+    from training.losses import fsim
+    yy, xx = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
+    img = lambda t: (0.6 * t).expand(1, 3, 96, 96).contiguous().double()  # noqa: E731
+    artist = img(torch.sin(2 * np.pi * xx / 5 + 0.3 * torch.sin(yy / 9)))
+    strands = img(torch.sin(2 * np.pi * (xx + 2) / 5.5 + 0.3 * torch.sin(yy / 11 + 1)))
+    lattice = img(0.5 * (torch.sin(2 * np.pi * (xx + yy) / 8) + torch.sin(2 * np.pi * (xx - yy) / 8)))
+    blank = img(torch.zeros(96, 96))
+    assert fsim(lattice, artist) > fsim(strands, artist)
+    assert fsim(strands, artist, 3) > fsim(lattice, artist, 3) > fsim(blank, artist, 3)
+    radius = ((xx - 48) ** 2 + (yy - 48) ** 2).sqrt()
+    sharp, blurred = img(torch.tanh(30 - radius)), img(torch.tanh((30 - radius) / 4))
+    assert fsim(sharp, sharp, 3).item() == pytest.approx(1.0)
+    assert fsim(blurred, sharp, 3) < fsim(blurred, sharp) < 0.9
+    with pytest.raises(ConfigError, match="fsim_pool"):
+        from_dict(TrainConfig, {"fsim_pool": 2}).validate()
+
+
 def test_fsim_blur_is_scipys_gaussian_and_changes_only_the_fsim_term(tmp_path):
     from scipy.ndimage import gaussian_filter
     from training.losses import gaussian_blur

@@ -70,6 +70,11 @@ class TrainConfig:
                                    "before the paired FSIM loss: strokes finer than about "
                                    "4 sigma (hair strands, whose places no loss can predict) "
                                    "leave it, contours stay; 0 = none")
+    fsim_pool: int = option(1, "shift tolerance of the paired FSIM loss: the maximum of both "
+                                "images' phase-congruency and gradient maps over N x N "
+                                "neighbourhoods before comparing (odd; 1 = exact FSIM, which "
+                                "rewards a regular lattice in hair over strands a pixel off "
+                                "the artist's)")
     lambda_cross: float = option(0.0, "paired cross-hatch loss weight: a translation's "
                                       "fine-scale oriented energy in two crossing directions "
                                       "at once (the evaluation's cross-hatch measure, per "
@@ -107,6 +112,8 @@ class TrainConfig:
         for name in ("blocks", "epochs", "batch_size", "ngf", "ndf", "log_every"):
             if getattr(self, name) < (0 if name == "blocks" else 1):
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.fsim_pool < 1 or self.fsim_pool % 2 == 0:
+            raise ConfigError(f"fsim_pool must be an odd number >= 1, got {self.fsim_pool}")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
         for name in ("lambda_pair", "lambda_pair_grad", "lambda_pair_fsim", "lambda_cross", "lambda_fm", "lambda_spectral", "cycle_noise",

@@ -419,8 +419,8 @@ class Run:
             if cfg.lambda_pair_fsim > 0:  # the evaluation's structure measure, as a loss
                 wf = paired * (cfg.lambda_pair_fsim / paired.sum().clamp(min=1.0))
                 blur = lambda t: gaussian_blur(t.float(), cfg.fsim_blur)  # noqa: E731
-                pair_a = pair_a + (wf * (1 - fsim(blur(fake_B), blur(real_B)))).sum()
-                pair_b = pair_b + (wf * (1 - fsim(blur(fake_A), blur(real_A)))).sum()
+                pair_a = pair_a + (wf * (1 - fsim(blur(fake_B), blur(real_B), cfg.fsim_pool))).sum()
+                pair_b = pair_b + (wf * (1 - fsim(blur(fake_A), blur(real_A), cfg.fsim_pool))).sum()
         fm_a = fm_b = zero
         if fm:  # the discriminators' features of a translation against its partner's
             with torch.no_grad(), ac:
