@@ -54,10 +54,10 @@ def _recipe(tr: dict[str, Any], data: dict[str, Any]) -> str:
     if tr.get("lambda_pair_grad") and data.get("train_pairs"):
         parts.append(f"paired gradient L1 x{tr['lambda_pair_grad']:g}")
     if tr.get("lambda_pair_fsim") and data.get("train_pairs"):
-        blur = f" on images blurred (Gaussian sigma {tr['fsim_blur']:g} px)" if tr.get("fsim_blur") else ""
+        how = f" on images blurred (Gaussian sigma {tr['fsim_blur']:g} px)" if tr.get("fsim_blur") else ""
         if tr.get("fsim_pool", 1) > 1:
-            blur += f", maps max-pooled over {tr['fsim_pool']}x{tr['fsim_pool']} (shift-tolerant)"
-        parts.append(f"paired FSIM loss (1 - FSIM){blur} x{tr['lambda_pair_fsim']:g}")
+            how += f", maps max-pooled over {tr['fsim_pool']}x{tr['fsim_pool']} (shift-tolerant)"
+        parts.append(f"paired FSIM loss (1 - FSIM){how} x{tr['lambda_pair_fsim']:g}")
     if tr.get("lambda_cross"):
         parts.append(f"cross-hatch loss x{tr['lambda_cross']:g}")
     if tr.get("lambda_fm") and data.get("train_pairs"):

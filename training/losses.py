@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from facesketch.metrics import (CHECKER_CORE, CHECKER_RING, CROSS_SCALES, CROSS_WINDOW, LUMA,
-                                PC_EPS, SCHARR_X, YIQ_Y, checker_bins, fsim_factor, fsim_similarity, log_gabor_bank,
-                                pc_noise_threshold, same_padding)
+                                PC_EPS, SCHARR_X, YIQ_Y, checker_bins, fsim_factor,
+                                fsim_similarity, log_gabor_bank, pc_noise_threshold,
+                                same_padding)
 
 
 def gradient_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
