@@ -57,11 +57,14 @@ def add_arguments(parser: Any, cls: type, required: tuple[str, ...] = ()) -> Non
         parser.add_argument("--" + f.name.replace("_", "-"), **kw)
 
 
-def config_from_args(cls: type[T], args: Any, **overrides: Any) -> T:
-    """The dataclass from parsed ``add_arguments`` options: the options given, the
-    dataclass's defaults for the rest, then ``overrides``."""
+def config_from_args(cls: type[T], args: Any, base: dict[str, Any] | None = None,
+                     **overrides: Any) -> T:
+    """The dataclass from parsed ``add_arguments`` options: the options given, then
+    ``base`` (e.g. a resumed run's saved options), the dataclass's defaults for the
+    rest; ``overrides`` last."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    given = dict(base or {})
+    given.update({k: v for k, v in vars(args).items() if k in names and v is not None})
     given.update(overrides)
     return from_dict(cls, given)
 

@@ -845,6 +845,34 @@ def test_resume_after_truncated_state_continues_from_the_previous_one(tmp_path, 
     assert _steps(out) == [1, 2, 3, 4]
 
 
+def test_resume_takes_the_runs_own_options_and_logs_what_changes(tmp_path, caplog):
+    """`facesketch train --out RUN --resume` alone continues the same recipe (the data,
+    loss weights and learning rate it started with, not the defaults); an option given
+    changes it, and the change is logged."""
+    import argparse
+    import logging
+    from training.config import add_train_arguments, config_from_args
+    out = train(_small(tmp_path, max_steps=2, lr=1e-3, lambda_gan=2.0, lambda_pair_grad=3.0,
+                       seed=9))
+    p = argparse.ArgumentParser()
+    add_train_arguments(p)
+
+    def parsed(*argv: str) -> TrainConfig:
+        return config_from_args(p.parse_args(["--out", str(out), *argv]))
+
+    cfg = parsed("--resume", "--max-steps", "4")
+    assert (cfg.data, cfg.size, cfg.blocks, cfg.ngf, cfg.epochs) == (
+        str(tmp_path / "data"), 32, 1, 8, 3)
+    assert (cfg.lr, cfg.lambda_gan, cfg.lambda_pair_grad, cfg.seed) == (1e-3, 2.0, 3.0, 9)
+    assert (cfg.max_steps, cfg.resume, cfg.out) == (4, True, str(out))
+    assert parsed("--resume", "--lr", "5e-4").lr == 5e-4         # given beats saved
+    assert parsed().lr == TrainConfig.lr and parsed().data is None  # no --resume: defaults
+    with caplog.at_level(logging.INFO):
+        train(cfg)
+    assert "options changed from the run's start: max_steps 2 -> 4" in caplog.text
+    assert ckpt.load_state(out / ckpt.STATE_FILE)[1]["global_step"] == 4
+
+
 def test_resume_with_both_states_damaged_names_both(tmp_path):
     out = train(_small(tmp_path, max_steps=4))
     _truncate(out / ckpt.STATE_FILE)

@@ -492,6 +492,24 @@ def load_resume_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
         "without --resume")
 
 
+def saved_config(folder: Path) -> dict[str, Any] | None:
+    """The options a run in ``folder`` was started with (its resume state's metadata,
+    read without its tensors; state.prev.safetensors if the newest is unreadable), or
+    None when the folder holds no readable state."""
+    path = folder / STATE_FILE
+    for cand in (path, previous_state(path)):
+        if not cand.is_file():
+            continue
+        try:
+            meta = json.loads(read_metadata(cand).get(STATE_META, "null"))
+        except (CheckpointError, ValueError) as exc:
+            log.debug("%s: no options to read (%s)", cand, exc)
+            continue
+        if isinstance(meta, dict) and isinstance(meta.get("config"), dict):
+            return meta["config"]
+    return None
+
+
 def trim_log(path: Path, global_step: int) -> int:
     """Keep only the rows of ``path`` (log.jsonl) up to ``global_step``, the step a run
     resumes from: rows logged after the last checkpoint, before a kill -9, would

@@ -7,6 +7,7 @@ a new option is one field here, with its help text.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -133,6 +134,21 @@ def add_train_arguments(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+# Options a resumed run never takes from its saved state: where it is and how it is shown.
+_NOT_RESUMED = ("out", "resume", "progress")
+
+
 def config_from_args(a) -> TrainConfig:
+    """The run's options from the command line. With ``--resume``, the options the run
+    in ``--out`` was started with are the defaults: ``--out RUN --resume`` alone
+    continues the same recipe, and an option given (``--epochs 10``) changes it."""
     from facesketch.config import config_from_args as build
-    return build(TrainConfig, a, progress=not a.no_progress)
+    base: dict = {}
+    if getattr(a, "resume", False) and getattr(a, "out", None):
+        from pathlib import Path
+
+        from .checkpoint import saved_config
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        saved = saved_config(Path(a.out)) or {}
+        base = {k: v for k, v in saved.items() if k in names and k not in _NOT_RESUMED}
+    return build(TrainConfig, a, base=base, progress=not a.no_progress)

@@ -105,6 +105,11 @@ def resume(run: "Run") -> None:
             raise ckpt.CheckpointError(
                 f"cannot resume: the run was started with {key}={saved[key]}, "
                 f"now {getattr(run.cfg, key)}")
+    now = to_dict(run.cfg)
+    changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in sorted(saved)
+               if k in now and k not in ("out", "resume", "progress") and saved[k] != now[k]]
+    if changed and run.master:
+        log.info("resuming with options changed from the run's start: %s", ", ".join(changed))
     for name in _networks(run):
         net = getattr(run, name)
         sd = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
