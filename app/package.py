@@ -99,6 +99,13 @@ def model_card(cfg: dict[str, Any], evaluation: dict[str, Any] | None,
         f"- Training machine: {cfg.get('card', {}).get('machine', 'see card.machine')}; "
         f"training time {cfg.get('card', {}).get('training_hours', '?')} h.", "",
     ]
+    other = cfg.get("sketch2photo_from")
+    if other:
+        otr = other.get("train", {})
+        lines += [f"- The sketch -> photo generator (G_B) comes from another fine-tune of the same "
+                  f"network, {other['model']}: Adam {otr.get('lr')}, {_recipe(otr, data)}, "
+                  f"{otr.get('epochs')} epochs; G_A and everything above are from the run named "
+                  "in the config.", ""]
     if notes:
         lines += [notes.strip(), ""]
     if evaluation:
@@ -125,12 +132,25 @@ def model_card(cfg: dict[str, Any], evaluation: dict[str, Any] | None,
 def package_model(run: str | Path, out: str | Path = DEFAULT_MODEL,
                   evaluation: dict[str, Any] | None = None,
                   training_hours: float | None = None, notes: str = "",
-                  detector: str = "run", gray: tuple[str, ...] | list[str] = ()) -> Path:
+                  detector: str = "run", gray: tuple[str, ...] | list[str] = (),
+                  sketch2photo_from: str | Path | None = None) -> Path:
     """training_hours: wall-clock hours, where the run's own epoch timings miss time
-    (epochs measured only from their last resume)."""
+    (epochs measured only from their last resume). ``sketch2photo_from``: another run or
+    model of the same network whose sketch -> photo generator (G_B) replaces this run's;
+    the two directions never meet at inference, so each can come from the fine-tune
+    that drew it best (recorded in the config and the card)."""
     run = Path(run)
-    src = run / "best" if (run / "best" / ckpt.MODEL_FILE).is_file() else run
-    nets, cfg = ckpt.load_model(src)
+    nets, cfg = ckpt.load_model(_best(run))
+    if sketch2photo_from is not None:
+        other_nets, other = ckpt.load_model(_best(Path(sketch2photo_from)))
+        if other["arch"] != cfg["arch"] or other["image_size"] != cfg["image_size"]:
+            raise ValueError(
+                f"--sketch2photo-from {sketch2photo_from}: its network ({other['arch']}, "
+                f"{other['image_size']}px) differs from {run}'s ({cfg['arch']}, "
+                f"{cfg['image_size']}px); both generators must run as one model")
+        nets["G_B"] = other_nets["G_B"]
+        cfg["sketch2photo_from"] = {"model": str(sketch2photo_from), "train": other.get("train", {}),
+                                    "metrics": other.get("metrics", {})}
     from facesketch.formats import DIRECTIONS
     bad = [d for d in gray if d not in DIRECTIONS]
     if bad:
@@ -165,6 +185,11 @@ def package_model(run: str | Path, out: str | Path = DEFAULT_MODEL,
     return out
 
 
+def _best(run: Path) -> Path:
+    """A run's best/ checkpoint where it has one, else the folder itself (a model)."""
+    return run / "best" if (run / "best" / ckpt.MODEL_FILE).is_file() else run
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="run folder (its best/ checkpoint is packaged)")
@@ -178,10 +203,14 @@ def main(argv=None) -> int:
     p.add_argument("--detector", choices=("run", "builtin"), default="run",
                    help="photo/sketch detector to carry: the run's own fit (default) or the "
                         "built-in one (fitted on CUFS train and in-the-wild FS2K photos too)")
+    p.add_argument("--sketch2photo-from", metavar="RUN",
+                   help="take the sketch -> photo generator (G_B) from this run or model (same "
+                        "network) instead of RUN's")
     a = p.parse_args(argv)
     ev = json.loads(Path(a.eval).read_text()) if a.eval else None
     notes = Path(a.notes).read_text() if a.notes else ""
-    out = package_model(a.run, a.out, ev, a.training_hours, notes, a.detector, a.gray)
+    out = package_model(a.run, a.out, ev, a.training_hours, notes, a.detector, a.gray,
+                        a.sketch2photo_from)
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"packaged {out} ({size / 1e6:.1f} MB)")
     return 0

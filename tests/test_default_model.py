@@ -86,3 +86,30 @@ def test_model_card_names_the_recipe_and_the_validation_basis():
     del hist["native_fsim_photo2sketch"]          # an older run: the model's grid, said so
     card = model_card(cfg, None)
     assert "192x192 canvas" in card and "FSIM 0.800 / 0.800" in card and "x30" in card
+
+
+def test_package_takes_sketch2photo_from_another_run_of_the_same_network(tmp_path):
+    torch = pytest.importorskip("torch")
+    from app.package import package_model
+    from training import checkpoint as ckpt
+    from training.networks import build_generator
+
+    def model(name: str, arch: str, seed: int) -> Path:
+        torch.manual_seed(seed)
+        cfg = ckpt.model_config(1, 8, 32, arch, train={"lr": 1e-4, "epochs": seed})
+        return ckpt.save_model(tmp_path / name, build_generator(1, 8, arch),
+                               build_generator(1, 8, arch), cfg)
+
+    a, b = model("a", "bicubic", 1), model("b", "bicubic", 2)
+    out = package_model(a, tmp_path / "out", detector="builtin", sketch2photo_from=b)
+    nets, cfg = ckpt.load_model(out)
+    src_a, src_b = ckpt.load_model(a)[0], ckpt.load_model(b)[0]
+    for name, src in (("G_A", src_a), ("G_B", src_b)):
+        for k, v in nets[name].state_dict().items():   # fp16 in the package
+            assert torch.equal(v, src[name].state_dict()[k].half().float()), (name, k)
+    assert cfg["sketch2photo_from"]["model"] == str(b)
+    assert "sketch -> photo generator (G_B) comes from another fine-tune" in \
+        (out / "MODEL_CARD.md").read_text()
+    with pytest.raises(ValueError, match="differs from"):
+        package_model(a, tmp_path / "bad", detector="builtin",
+                      sketch2photo_from=model("c", "resize", 3))
