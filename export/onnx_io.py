@@ -76,7 +76,8 @@ def write_onnx(ctx: ExportContext, direction: str, path: Path, fmt: str = "onnx"
     """
     import onnx
     import torch
-    net = ctx.net(direction)
+    from training.networks import exportable
+    net = exportable(ctx.net(direction))   # bicubic upsampling as fixed convs: fast in onnxruntime
     x = torch.from_numpy(ctx.parity_inputs(direction)[:1])
     opset = int(FORMATS["onnx"].options.get("opset", 18))
     exporter = "dynamo"

@@ -653,6 +653,26 @@ def test_every_arch_trains_saves_and_loads(tmp_path, arch):
                           holdout=0, epochs=2, progress=False, arch=other, resume=True))
 
 
+@pytest.mark.parametrize("arch", ["reference", "resize", "bicubic"])
+def test_exportable_form_computes_the_same_generator(arch):
+    """export's ONNX takes the bicubic generator with its upsampling as fixed convolutions
+    (onnxruntime's cubic Resize is slow): the same numbers, odd sizes and borders included."""
+    from training.networks import Bicubic2x, build_generator, exportable
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 7, 12)
+    ref = torch.nn.Upsample(scale_factor=2, mode="bicubic", align_corners=False)(x)
+    assert torch.allclose(Bicubic2x(5)(x), ref, atol=1e-5)
+    net = build_generator(1, 8, arch).eval()
+    alt = exportable(net)
+    assert (alt is net) == (arch != "bicubic")
+    assert any(isinstance(m, Bicubic2x) for m in alt.modules()) == (arch == "bicubic")
+    assert alt.state_dict().keys() == net.state_dict().keys()
+    img = torch.randn(1, 3, 36, 44)
+    with torch.no_grad():
+        assert torch.allclose(alt(img), net(img), atol=1e-5)
+    assert any(isinstance(m, torch.nn.Upsample) for m in net.modules()) == (arch != "reference")
+
+
 def test_resume_without_state_is_a_clear_error(tmp_path):
     write_images(tmp_path / "trainA", 2)
     write_images(tmp_path / "trainB", 2)

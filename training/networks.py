@@ -57,6 +57,56 @@ class ResnetBlock(nn.Module):
         return x + self.conv_block(x)
 
 
+def _cubic(d: float, a: float = -0.75) -> float:
+    """The cubic convolution kernel torch's bicubic interpolation uses (Keys, a = -0.75)."""
+    d = abs(d)
+    if d <= 1:
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+    return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a if d < 2 else 0.0
+
+
+class Bicubic2x(nn.Module):
+    """torch's 2x bicubic upsampling (align_corners=False, borders clamped), exactly, as an
+    edge pad, a fixed depthwise 5x5 convolution giving each output pixel's 4 phases, and a
+    pixel shuffle. Same numbers as nn.Upsample(mode="bicubic") to float rounding; for
+    export: onnxruntime's CPU cubic Resize ran the bicubic generator 4x slower than this
+    (export swaps it in, ``exportable``)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        # output 2i samples the input at i - 0.25 (taps i-2..i+1), output 2i+1 at i + 0.25
+        even = [_cubic(1.75), _cubic(0.75), _cubic(0.25), _cubic(1.25), 0.0]
+        odd = [0.0, _cubic(1.25), _cubic(0.25), _cubic(0.75), _cubic(1.75)]
+        k1 = torch.tensor([even, odd], dtype=torch.float32)
+        k2 = torch.einsum("pi,qj->pqij", k1, k1).reshape(4, 1, 5, 5)   # phase (row, col) -> 5x5
+        self.channels = channels
+        self.register_buffer("weight", k2.repeat(channels, 1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
+        y = nn.functional.conv2d(x, self.weight.to(x.dtype), groups=self.channels)
+        return nn.functional.pixel_shuffle(y, 2)
+
+
+def exportable(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` with each 2x bicubic nn.Upsample (the "bicubic" arch's u128/u64)
+    in its exact Bicubic2x form; ``net`` itself when it has none. Same state dict."""
+    seq = getattr(net, "model", None)
+    if not isinstance(seq, nn.Sequential) or not any(
+            isinstance(m, nn.Upsample) and m.mode == "bicubic" for m in seq):
+        return net
+    import copy
+    net = copy.deepcopy(net)
+    seq = net.model
+    for i, m in enumerate(seq):
+        if isinstance(m, nn.Upsample) and m.mode == "bicubic":
+            if float(m.scale_factor) != 2.0:
+                raise ValueError(f"Bicubic2x replaces 2x upsampling only, got {m.scale_factor}")
+            conv = next(c for c in seq[i + 1:] if isinstance(c, nn.Conv2d))
+            seq[i] = Bicubic2x(conv.in_channels).to(conv.weight.device)
+    return net
+
+
 class ResnetGenerator(nn.Module):
     """c7s1-ngf, d(2ngf), d(4ngf), N residual blocks, u(2ngf), u(ngf), c7s1-3, tanh.
 
