@@ -21,7 +21,7 @@ def test_packaged_model_is_small_fp16_and_carries_card_and_detector():
     assert size <= 32_000_000
     cfg = json.loads((DEFAULT_MODEL / "model.json").read_text())
     assert cfg["dtype"] == "float16" and cfg["image_size"] >= 128
-    assert cfg["arch"].get("upsample", "transpose") in ("resize", "transpose")
+    assert cfg["arch"].get("upsample", "transpose") in ("resize", "bicubic", "transpose")
     assert cfg["detector"] and "non-commercial" in cfg["card"]["terms"]
     assert (DEFAULT_MODEL / "MODEL_CARD.md").read_text().count("non-commercial") >= 1
 
