@@ -135,7 +135,7 @@ def add_train_arguments(p) -> None:
 
 
 # Options a resumed run never takes from its saved state: where it is and how it is shown.
-_NOT_RESUMED = ("out", "resume", "progress")
+NOT_RESUMED = ("out", "resume", "progress")
 
 
 def config_from_args(a) -> TrainConfig:
@@ -150,5 +150,5 @@ def config_from_args(a) -> TrainConfig:
         from .checkpoint import saved_config
         names = {f.name for f in dataclasses.fields(TrainConfig)}
         saved = saved_config(Path(a.out)) or {}
-        base = {k: v for k, v in saved.items() if k in names and k not in _NOT_RESUMED}
+        base = {k: v for k, v in saved.items() if k in names and k not in NOT_RESUMED}
     return build(TrainConfig, a, base=base, progress=not a.no_progress)

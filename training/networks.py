@@ -27,6 +27,8 @@ checkpoint and bundle:
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -95,7 +97,6 @@ def exportable(net: nn.Module) -> nn.Module:
     if not isinstance(seq, nn.Sequential) or not any(
             isinstance(m, nn.Upsample) and m.mode == "bicubic" for m in seq):
         return net
-    import copy
     net = copy.deepcopy(net)
     seq = net.model
     for i, m in enumerate(seq):

@@ -20,6 +20,7 @@ from facesketch import sysinfo
 from facesketch.config import to_dict
 
 from . import checkpoint as ckpt
+from .config import NOT_RESUMED
 
 if TYPE_CHECKING:
     from .trainer import Run
@@ -107,7 +108,7 @@ def resume(run: "Run") -> None:
                 f"now {getattr(run.cfg, key)}")
     now = to_dict(run.cfg)
     changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in sorted(saved)
-               if k in now and k not in ("out", "resume", "progress") and saved[k] != now[k]]
+               if k in now and k not in NOT_RESUMED and saved[k] != now[k]]
     if changed and run.master:
         log.info("resuming with options changed from the run's start: %s", ", ".join(changed))
     for name in _networks(run):
