@@ -62,6 +62,12 @@ def _recipe(tr: dict[str, Any], data: dict[str, Any]) -> str:
         parts.append(f"cross-hatch loss x{tr['lambda_cross']:g}")
     if tr.get("lambda_fm") and data.get("train_pairs"):
         parts.append(f"discriminator feature matching x{tr['lambda_fm']:g} on the pairs")
+    if tr.get("lambda_spectral"):
+        vs = ("each translation's partner (ring pinned)" if tr.get("spectral_ring") == "pinned"
+              else "the real images'")
+        parts.append(f"spectral loss (checkerboard terms above {vs}) x{tr['lambda_spectral']:g}")
+    if tr.get("lambda_shift"):
+        parts.append(f"shift-consistency loss x{tr['lambda_shift']:g}")
     if tr.get("ema"):
         parts.append(f"generator weights averaged (EMA, decay {tr['ema']:g})")
     if tr.get("cycle_noise"):

@@ -86,6 +86,9 @@ def test_model_card_names_the_recipe_and_the_validation_basis():
     del hist["native_fsim_photo2sketch"]          # an older run: the model's grid, said so
     card = model_card(cfg, None)
     assert "192x192 canvas" in card and "FSIM 0.800 / 0.800" in card and "x30" in card
+    assert "spectral" not in card
+    cfg["train"]["lambda_spectral"] = 0.2                 # v7's: the spectral loss is named
+    assert "spectral loss (checkerboard terms above the real images') x0.2" in model_card(cfg, None)
 
 
 def test_package_takes_sketch2photo_from_another_run_of_the_same_network(tmp_path):

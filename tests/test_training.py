@@ -530,10 +530,10 @@ def test_spectral_loss_matches_evaluates_measure_and_flattens_a_dot_pattern(tmp_
     assert want[2] > 10 > abs(want[0])
     smooth = torch.rand(1, 3, 48, 40, generator=gen)
     fake = x[2:].float().clone().requires_grad_(True)
-    opt = torch.optim.Adam([fake], lr=0.1)
-    decay = torch.optim.lr_scheduler.ExponentialLR(opt, 0.97)  # Adam's own steps would leave a pattern
+    opt = torch.optim.Adam([fake], lr=0.05)
+    decay = torch.optim.lr_scheduler.ExponentialLR(opt, 0.99)  # Adam's own steps would leave a pattern
     first = spectral_excess(fake, smooth).mean().item()
-    for _ in range(150):
+    for _ in range(300):
         opt.zero_grad()
         spectral_excess(fake, smooth).mean().backward()
         opt.step()
@@ -557,6 +557,27 @@ def test_spectral_loss_matches_evaluates_measure_and_flattens_a_dot_pattern(tmp_
     named = _first_step_losses(tmp_path, tmp_path / "p", tmp_path / "s", "lambda_spectral", (0.0, 1.0))
     assert named[0.0]["spectral"] == 0 and named[1.0]["spectral"] >= 0
     assert named[1.0]["G"] == pytest.approx(named[0.0]["G"] + named[1.0]["spectral"], rel=1e-5)
+
+
+def test_pinned_spectral_loss_acts_on_paired_samples_only(tmp_path):
+    """--spectral-ring pinned compares each translation with its partner: a paired run pays
+    the ring's difference too (more than the detached loss, from the same step); unpaired
+    data gets no pinned term."""
+    from training.trainer import LOSS_NAMES
+    photos, sketches = _rotated_partners(tmp_path)
+    spec = {}
+    for ring in ("detached", "pinned"):
+        run = _pair_run(tmp_path, photos, sketches, out=str(tmp_path / ring), lambda_spectral=1.0,
+                        spectral_ring=ring)
+        batch = run.batches(*run.orders(0), 0)
+        assert batch[2].tolist() == [1.0]
+        spec[ring] = dict(zip(LOSS_NAMES, run.train_step(*batch).tolist()))["spectral"]
+    assert spec["pinned"] > spec["detached"] >= 0
+    run = _pair_run(tmp_path, photos, sketches, out=str(tmp_path / "unpaired"), pairs="off",
+                    lambda_spectral=1.0, spectral_ring="pinned")   # no partner to pin to
+    real_A, real_B, paired = run.batches(*run.orders(0), 0)
+    assert paired is None
+    assert dict(zip(LOSS_NAMES, run.train_step(real_A, real_B, paired).tolist()))["spectral"] == 0
 
 
 def test_feature_matching_compares_discriminator_features_of_paired_samples(tmp_path):
@@ -974,3 +995,31 @@ def test_training_normalisation_agrees_with_the_runtime():
     t = to_float(torch.from_numpy(u8).permute(0, 3, 1, 2))
     assert np.allclose(x, t.numpy(), atol=1e-6)
     assert np.array_equal(denormalize(x, NORMALIZATION), to_uint8(t).permute(0, 2, 3, 1).numpy())
+
+
+def test_shift_consistency_loss_sees_a_grid_locked_pattern_not_the_image(tmp_path):
+    """shift_difference is 0 for an output that moves with its input and not for a dot
+    pattern locked to the pixel grid; the trainer adds the term only when asked for,
+    with one more generator pass on the moved inputs, and draws the shift reproducibly."""
+    from training.losses import shift_difference, shift_image
+    from training.trainer import LOSS_NAMES
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 32, 32, generator=gen)
+    dots = torch.zeros(1, 1, 32, 32)
+    dots[..., ::2, ::2] = 1.0
+    for dy, dx in ((1, 0), (0, 1), (3, 3)):
+        moved = shift_image(x, dy, dx)
+        assert torch.equal(moved[..., dy:, dx:], x[..., :32 - dy, :32 - dx])
+        assert shift_difference(x, moved, (dy, dx)).item() == 0.0
+        assert shift_difference(x + dots, moved + dots, (dy, dx)).item() > 0.2
+    write_images(tmp_path / "p", 2, ext=".png", seed=1)
+    write_images(tmp_path / "s", 2, ext=".png", seed=2)
+    named = _first_step_losses(tmp_path, tmp_path / "p", tmp_path / "s", "lambda_shift", (0.0, 10.0))
+    assert named[0.0]["shift"] == 0 and named[10.0]["shift"] > 0
+    assert named[10.0]["G"] == pytest.approx(named[0.0]["G"] + named[10.0]["shift"], rel=1e-5)
+    a = _pair_run(tmp_path, tmp_path / "p", tmp_path / "s", out=str(tmp_path / "a"), lambda_shift=1.0)
+    b = _pair_run(tmp_path, tmp_path / "p", tmp_path / "s", out=str(tmp_path / "b"), lambda_shift=1.0)
+    shifts = [a.draw_shift() for _ in range(40)]
+    assert shifts == [b.draw_shift() for _ in range(40)]          # same seed, same shifts
+    assert (0, 0) not in shifts and {s for s in shifts} <= {(i, j) for i in range(4) for j in range(4)}
+    assert len(set(shifts)) > 5

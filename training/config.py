@@ -88,11 +88,24 @@ class TrainConfig:
     ema: float = option(0.0, "decay of an exponential moving average of the generators' weights "
                              "(e.g. 0.999); validation, best/ and the saved model use the "
                              "average; 0 = off")
-    lambda_spectral: float = option(0.0, "experimental spectral loss weight: a translation's "
+    lambda_spectral: float = option(0.0, "spectral loss weight: each term of a translation's "
                                          "checkerboard measure (dB at the up/downsampling "
                                          "grid's frequencies, as evaluate reports it) above "
-                                         "the real images' of its domain; 0 = off (at 1 it "
-                                         "blurred the default model: see the README)")
+                                         "the real images' of its domain; 0 = off (v7: 0.2; "
+                                         "at 1 it blurs: see the README)")
+    lambda_shift: float = option(0.0, "shift-consistency loss weight: L1 between a translation "
+                                      "and the translation of its input moved by 1-3 pixels, "
+                                      "moved back; what is locked to the network's pixel grid "
+                                      "(dots at the up/downsampling period) differs, the face "
+                                      "does not; 0 = off (one more generator pass per step; "
+                                      "experimental: it did not lower the measure, see the README)")
+    spectral_ring: str = choices("detached", "pinned", default="detached",
+                                 help="how the spectral loss treats the frequencies around the "
+                                      "grid's: detached (the measure's ring out of the gradient; "
+                                      "lowering it can blur) or pinned (paired samples only: the "
+                                      "ring held to the partner's level, so only less power at "
+                                      "the grid's frequencies lowers it; experimental: it rang, see "
+                                      "the README)")
     align: str = choices("off", "auto", default="off",
                          help="auto: crop the largest face of every image in the CUFS framing "
                               "before training (as translate/serve --align auto do), so training "
@@ -117,7 +130,7 @@ class TrainConfig:
             raise ConfigError(f"fsim_pool must be an odd number >= 1, got {self.fsim_pool}")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
-        for name in ("lambda_pair", "lambda_pair_grad", "lambda_pair_fsim", "lambda_cross", "lambda_fm", "lambda_spectral", "cycle_noise",
+        for name in ("lambda_pair", "lambda_pair_grad", "lambda_pair_fsim", "lambda_cross", "lambda_fm", "lambda_spectral", "lambda_shift", "cycle_noise",
                      "lambda_gan", "lambda_cycle", "lambda_identity", "fsim_blur"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -46,11 +46,9 @@ def feature_l1(fake: list[torch.Tensor], real: list[torch.Tensor]) -> torch.Tens
     return sum((f.float() - r.float()).abs().mean((1, 2, 3)) for f, r in zip(fake, real)) / len(fake)
 
 
-def checkerboard_db(x: torch.Tensor, ring_grad: bool = True) -> torch.Tensor:
-    """Per-image checkerboard measure (dB) of an N x C x H x W batch (C = 1 or 3, any
-    scale: the measure is a ratio); differentiable. ``ring_grad=False`` detaches the
-    neighbouring ring's power, the ratio's denominator: a loss then lowers the power at
-    the grid's frequencies instead of raising it around them (ringing halos)."""
+def _checker_powers(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(core, ring) mean spectral power (N x T, one column per checkerboard term, in
+    checker_bins' order) of an N x C x H x W batch (C = 1 or 3, any scale)."""
     x = x.float()
     if x.shape[1] == 3:
         g = torch.einsum("nchw,c->nhw", x, torch.as_tensor(LUMA, dtype=x.dtype, device=x.device))
@@ -63,23 +61,57 @@ def checkerboard_db(x: torch.Tensor, ring_grad: bool = True) -> torch.Tensor:
     power = torch.fft.fft2(g).abs().square()
     core = torch.as_tensor(CHECKER_CORE, device=x.device)
     ring = torch.as_tensor(CHECKER_RING, device=x.device)
-    ratios = []
+    cores, rings = [], []
     for rows, cols in checker_bins(h, w):
         r = torch.as_tensor(rows, device=x.device)[:, None]
         c = torch.as_tensor(cols, device=x.device)[None, :]
         patch = power[:, r, c]
-        around = patch[:, ring].mean(1)
-        ratios.append((patch[:, core].mean(1) + 1e-12)
-                      / ((around if ring_grad else around.detach()) + 1e-12))
-    return (10 * torch.log10(torch.stack(ratios, 1))).mean(1)
+        cores.append(patch[:, core].mean(1))
+        rings.append(patch[:, ring].mean(1))
+    return torch.stack(cores, 1), torch.stack(rings, 1)
 
 
-def spectral_excess(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Per-image dB by which a translation's checkerboard measure exceeds the mean of the
-    real target-domain images beside it (0 where it does not). Its gradient acts on the
-    power at the grid's frequencies only (the ring is detached)."""
-    return torch.relu(checkerboard_db(fake, ring_grad=False)
-                      - checkerboard_db(real).mean().detach())
+def _db(p: torch.Tensor) -> torch.Tensor:
+    return 10 * torch.log10(p + 1e-12)
+
+
+def checkerboard_terms(x: torch.Tensor, ring_grad: bool = True) -> torch.Tensor:
+    """Per-image terms of the checkerboard measure (N x 6, dB; facesketch.metrics.
+    checkerboard_parts in torch), differentiable. ``ring_grad=False`` detaches the
+    neighbouring ring's power, the ratio's denominator: a loss then lowers the power at
+    the grid's frequencies instead of raising it around them (ringing halos)."""
+    core, ring = _checker_powers(x)
+    return _db(core) - _db(ring if ring_grad else ring.detach())
+
+
+def checkerboard_db(x: torch.Tensor, ring_grad: bool = True) -> torch.Tensor:
+    """Per-image checkerboard measure (dB, the mean of its terms) of an N x C x H x W
+    batch, as facesketch.metrics.checkerboard_db; differentiable."""
+    return checkerboard_terms(x, ring_grad).mean(1)
+
+
+def spectral_excess(fake: torch.Tensor, real: torch.Tensor, pin_ring: bool = False) -> torch.Tensor:
+    """Per-image dB by which a translation's checkerboard terms exceed the real images'
+    (each term on its own, 0 where it does not; the mean over the terms): one grid
+    frequency in excess is not paid for by others below.
+
+    ``pin_ring=False``: ``real`` is any batch of the target domain (its mean is the
+    reference); the ring's power is detached, so the gradient lowers the power at the
+    grid's frequencies - and a generator can do that by blurring everything.
+    ``pin_ring=True``: ``real[i]`` is ``fake[i]``'s partner (same crop); the ring stays
+    in the gradient and its level is held to the partner's (|dB difference| added), so
+    the measure can be lowered neither by ringing around the grid's frequencies nor by
+    blurring: only by less power at them."""
+    core_f, ring_f = _checker_powers(fake)
+    with torch.no_grad():
+        core_r, ring_r = _checker_powers(real)
+        want = _db(core_r) - _db(ring_r)
+    if not pin_ring:
+        want = want.mean(0, keepdim=True)
+    loss = torch.relu(_db(core_f) - _db(ring_f if pin_ring else ring_f.detach()) - want)
+    if pin_ring:
+        loss = loss + (_db(ring_f) - _db(ring_r)).abs()
+    return loss.mean(1)
 
 
 def _cross_maps(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,6 +148,26 @@ def cross_excess(fake: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         target = _cross_maps(partner)[0]
     return torch.relu(crossing - target).sum((1, 2)) / total.detach().sum((1, 2)).clamp(min=1e-20)
+
+
+def shift_image(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """The batch moved down by dy and right by dx pixels (same size; the edge repeated)."""
+    h, w = x.shape[-2:]
+    return F.pad(x, (dx, 0, dy, 0), mode="replicate")[..., :h, :w]
+
+
+def shift_difference(out: torch.Tensor, out_shifted: torch.Tensor, shift: tuple[int, int]) -> torch.Tensor:
+    """Mean L1 between a generator's output and its output for the input moved by ``shift``
+    (= (dy, dx), ``shift_image``), moved back: what follows the image cancels; a pattern
+    locked to the network's own pixel grid (the dot grid of its up/downsampling, which
+    the 4x4 shifts of a 2x2-strided network expose) does not. A margin of size/16 on every
+    side (where the edge repetition differs) is left out."""
+    dy, dx = shift
+    h, w = out.shape[-2:]
+    m = max(1, min(h, w) // 16)
+    a = out[..., m:h - dy - m, m:w - dx - m]
+    b = out_shifted[..., dy + m:h - m, dx + m:w - m]
+    return (a.float() - b.float()).abs().mean()
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -35,12 +35,13 @@ from .config import TrainConfig
 from .data import (DataError, Domain, augment, choose_holdout, load_domain, load_size_for,
                    resolve_layout, split_holdout, to_float)
 from .launch import write_rank_digest
-from .losses import cross_excess, feature_l1, fsim, gaussian_blur, gradient_l1, spectral_excess
+from .losses import (cross_excess, feature_l1, fsim, gaussian_blur, gradient_l1, shift_difference,
+                     shift_image, spectral_excess)
 from .networks import build_discriminator, build_generator, init_weights
 
 log = logging.getLogger("facesketch.train")
 LOSS_NAMES = ("G_adv_A", "G_adv_B", "cycle_A", "cycle_B", "idt_A", "idt_B", "pair_A", "pair_B",
-              "fm_A", "fm_B", "spectral", "cross", "G", "D_A", "D_B")
+              "fm_A", "fm_B", "spectral", "cross", "shift", "G", "D_A", "D_B")
 G_INDEX = LOSS_NAMES.index("G")
 
 
@@ -60,20 +61,31 @@ class GeneratorPair(nn.Module):
         self.G_A, self.G_B = G_A, G_B
         self.identity, self.cycle_noise = identity, cycle_noise
 
-    def forward(self, real_A: torch.Tensor, real_B: torch.Tensor):
+    def forward(self, real_A: torch.Tensor, real_B: torch.Tensor,
+                shift: tuple[int, int] | None = None):
+        """(G(x), F(y), F(G(x)), G(F(y)), G(y) or None, F(x) or None, shifted): with
+        ``shift`` = (dy, dx), ``shifted`` is (G(x moved by it), F(y moved by it)), batched
+        with the translations (the shift-consistency loss); else None."""
         n = real_A.shape[0]
+        in_A, in_B = [real_A], [real_B]
         if self.identity:
-            fake_B, idt_A = self.G_A(torch.cat([real_A, real_B])).split(n)   # G(x), G(y)
-            fake_A, idt_B = self.G_B(torch.cat([real_B, real_A])).split(n)   # F(y), F(x)
-        else:
-            fake_B, fake_A, idt_A, idt_B = self.G_A(real_A), self.G_B(real_B), None, None
+            in_A.append(real_B)                                             # G(y)
+            in_B.append(real_A)                                             # F(x)
+        if shift is not None:
+            in_A.append(shift_image(real_A, *shift))
+            in_B.append(shift_image(real_B, *shift))
+        out_A = self.G_A(torch.cat(in_A)).split(n) if len(in_A) > 1 else (self.G_A(real_A),)
+        out_B = self.G_B(torch.cat(in_B)).split(n) if len(in_B) > 1 else (self.G_B(real_B),)
+        fake_B, fake_A = out_A[0], out_B[0]
+        idt_A, idt_B = (out_A[1], out_B[1]) if self.identity else (None, None)
+        shifted = (out_A[-1], out_B[-1]) if shift is not None else None
         nb, na = fake_B, fake_A
         if self.cycle_noise > 0:
             nb = fake_B + self.cycle_noise * torch.randn_like(fake_B)
             na = fake_A + self.cycle_noise * torch.randn_like(fake_A)
         rec_A = self.G_B(nb)                                             # F(G(x))
         rec_B = self.G_A(na)                                             # G(F(y))
-        return fake_B, fake_A, rec_A, rec_B, idt_A, idt_B
+        return fake_B, fake_A, rec_A, rec_B, idt_A, idt_B, shifted
 
 
 class DiscriminatorPair(nn.Module):
@@ -370,6 +382,12 @@ class Run:
             order_B = [self.partner.get(a, b) for a, b in zip(order_A, order_B)]
         return order_A, order_B
 
+    def draw_shift(self) -> tuple[int, int]:
+        """A random (dy, dx) in 0..3 x 0..3, not (0, 0): the shift-consistency loss moves
+        each input by it (from the data generator: saved, so a resume repeats it)."""
+        k = int(torch.randint(1, 16, (1,), generator=self.data_gen))
+        return k // 4, k % 4
+
     def batches(self, order_A: list[int], order_B: list[int], step: int):
         """(real_A, real_B, paired): with pairs each photo/sketch couple shares one crop
         and flip (augmented as one 6-channel image); ``paired`` weighs the paired L1."""
@@ -394,7 +412,8 @@ class Run:
             p.requires_grad_(False)
         fm = cfg.lambda_fm > 0 and paired is not None
         with ac:
-            fake_B, fake_A, rec_A, rec_B, idt_A, idt_B = self.gens_run(real_A, real_B)
+            shift = self.draw_shift() if cfg.lambda_shift > 0 else None
+            fake_B, fake_A, rec_A, rec_B, idt_A, idt_B, shifted = self.gens_run(real_A, real_B, shift)
             if fm:
                 (pred_fake_B, feat_fake_B), (pred_fake_A, feat_fake_A) = self.discs_g(
                     fake_B, fake_A, features=True)
@@ -429,15 +448,22 @@ class Run:
             fm_a = (w * feature_l1(feat_fake_B, feat_real_B)).sum()
             fm_b = (w * feature_l1(feat_fake_A, feat_real_A)).sum()
         spec = zero
-        if cfg.lambda_spectral > 0:  # no more grid-frequency energy than the real images
-            spec = cfg.lambda_spectral * (spectral_excess(fake_B, real_B).mean()
-                                          + spectral_excess(fake_A, real_A).mean())
+        pin = cfg.spectral_ring == "pinned"  # against each partner: paired samples only
+        if cfg.lambda_spectral > 0 and (paired is not None or not pin):
+            ws = paired if pin else torch.ones(real_A.shape[0], device=real_A.device)
+            ws = ws * (cfg.lambda_spectral / ws.sum().clamp(min=1.0))
+            spec = (ws * (spectral_excess(fake_B, real_B, pin)
+                          + spectral_excess(fake_A, real_A, pin))).sum()
         cross = zero
         if cfg.lambda_cross > 0 and paired is not None:  # no crossing the partner has not
             wc = paired * (cfg.lambda_cross / paired.sum().clamp(min=1.0))
             cross = (wc * (cross_excess(fake_B, real_B) + cross_excess(fake_A, real_A))).sum()
+        moved = zero
+        if shifted is not None:  # what a translation draws must move with its input
+            moved = cfg.lambda_shift * (shift_difference(fake_B, shifted[0], shift)
+                                        + shift_difference(fake_A, shifted[1], shift))
         loss_G = (g_adv_A + g_adv_B + cyc_A + cyc_B + idt_a + idt_b + pair_a + pair_b + fm_a + fm_b
-                  + spec + cross)
+                  + spec + cross + moved)
         self.opt_G.zero_grad(set_to_none=True)
         self.scaler_G.scale(loss_G).backward()
         self.scaler_G.step(self.opt_G)
@@ -460,7 +486,7 @@ class Run:
         self.scaler_D.step(self.opt_D)
         self.scaler_D.update()
         return torch.stack([g_adv_A, g_adv_B, cyc_A, cyc_B, idt_a, idt_b, pair_a, pair_b, fm_a, fm_b,
-                            spec, cross, loss_G,
+                            spec, cross, moved, loss_G,
                             loss_D_A, loss_D_B]).detach()
 
 def find_pairs(photos: Domain, sketches: Domain) -> dict[int, int]:
