@@ -217,7 +217,7 @@ def test_real_training_step_changes_weights_with_finite_losses(tmp_path, cufs):
     from training.trainer import LOSS_NAMES
     named = dict(zip(LOSS_NAMES, losses.tolist()))
     assert torch.isfinite(losses).all()
-    assert [named.pop(k) for k in ("spectral", "cross", "fm_A", "fm_B")] == [0, 0, 0, 0]  # off by default
+    assert [named.pop(k) for k in ("spectral", "cross", "shift", "fm_A", "fm_B")] == [0] * 5  # off by default
     assert all(v > 0 for v in named.values()), named
     assert any(not torch.equal(before[k], v) for k, v in run.G_A.state_dict().items())
     assert any(not torch.equal(d_before[k], v) for k, v in run.D_A.state_dict().items())

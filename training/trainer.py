@@ -402,6 +402,25 @@ class Run:
                               device=self.device)
         return self._to_input(both[:, :3]), self._to_input(both[:, 3:]), paired
 
+    def texture_losses(self, real_A, real_B, fake_B, fake_A, paired, shifted, shift
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(spectral, cross-hatch, shift-consistency) generator losses, each 0 when off."""
+        cfg, zero = self.cfg, real_A.new_zeros(())
+        spec = cross = moved = zero
+        pin = cfg.spectral_ring == "pinned"  # against each partner: paired samples only
+        if cfg.lambda_spectral > 0 and (paired is not None or not pin):
+            ws = paired if pin else torch.ones(real_A.shape[0], device=real_A.device)
+            ws = ws * (cfg.lambda_spectral / ws.sum().clamp(min=1.0))
+            spec = (ws * (spectral_excess(fake_B, real_B, pin)
+                          + spectral_excess(fake_A, real_A, pin))).sum()
+        if cfg.lambda_cross > 0 and paired is not None:  # no crossing the partner has not
+            wc = paired * (cfg.lambda_cross / paired.sum().clamp(min=1.0))
+            cross = (wc * (cross_excess(fake_B, real_B) + cross_excess(fake_A, real_A))).sum()
+        if shifted is not None:  # what a translation draws must move with its input
+            moved = cfg.lambda_shift * (shift_difference(fake_B, shifted[0], shift)
+                                        + shift_difference(fake_A, shifted[1], shift))
+        return spec, cross, moved
+
     def train_step(self, real_A: torch.Tensor, real_B: torch.Tensor,
                    paired: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.cfg
@@ -447,21 +466,8 @@ class Run:
             w = paired * (cfg.lambda_fm / paired.sum().clamp(min=1.0))
             fm_a = (w * feature_l1(feat_fake_B, feat_real_B)).sum()
             fm_b = (w * feature_l1(feat_fake_A, feat_real_A)).sum()
-        spec = zero
-        pin = cfg.spectral_ring == "pinned"  # against each partner: paired samples only
-        if cfg.lambda_spectral > 0 and (paired is not None or not pin):
-            ws = paired if pin else torch.ones(real_A.shape[0], device=real_A.device)
-            ws = ws * (cfg.lambda_spectral / ws.sum().clamp(min=1.0))
-            spec = (ws * (spectral_excess(fake_B, real_B, pin)
-                          + spectral_excess(fake_A, real_A, pin))).sum()
-        cross = zero
-        if cfg.lambda_cross > 0 and paired is not None:  # no crossing the partner has not
-            wc = paired * (cfg.lambda_cross / paired.sum().clamp(min=1.0))
-            cross = (wc * (cross_excess(fake_B, real_B) + cross_excess(fake_A, real_A))).sum()
-        moved = zero
-        if shifted is not None:  # what a translation draws must move with its input
-            moved = cfg.lambda_shift * (shift_difference(fake_B, shifted[0], shift)
-                                        + shift_difference(fake_A, shifted[1], shift))
+        spec, cross, moved = self.texture_losses(real_A, real_B, fake_B, fake_A, paired,
+                                                 shifted, shift)
         loss_G = (g_adv_A + g_adv_B + cyc_A + cyc_B + idt_a + idt_b + pair_a + pair_b + fm_a + fm_b
                   + spec + cross + moved)
         self.opt_G.zero_grad(set_to_none=True)
