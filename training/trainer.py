@@ -74,8 +74,8 @@ class GeneratorPair(nn.Module):
         if shift is not None:
             in_A.append(shift_image(real_A, *shift))
             in_B.append(shift_image(real_B, *shift))
-        out_A = self.G_A(torch.cat(in_A)).split(n) if len(in_A) > 1 else (self.G_A(real_A),)
-        out_B = self.G_B(torch.cat(in_B)).split(n) if len(in_B) > 1 else (self.G_B(real_B),)
+        out_A = self.G_A(torch.cat(in_A)).split(n)   # one batched pass per generator
+        out_B = self.G_B(torch.cat(in_B)).split(n)
         fake_B, fake_A = out_A[0], out_B[0]
         idt_A, idt_B = (out_A[1], out_B[1]) if self.identity else (None, None)
         shifted = (out_A[-1], out_B[-1]) if shift is not None else None
@@ -402,8 +402,10 @@ class Run:
                               device=self.device)
         return self._to_input(both[:, :3]), self._to_input(both[:, 3:]), paired
 
-    def texture_losses(self, real_A, real_B, fake_B, fake_A, paired, shifted, shift
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def texture_losses(self, real_A: torch.Tensor, real_B: torch.Tensor, fake_B: torch.Tensor,
+                       fake_A: torch.Tensor, paired: torch.Tensor | None,
+                       shifted: tuple[torch.Tensor, torch.Tensor] | None,
+                       shift: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(spectral, cross-hatch, shift-consistency) generator losses, each 0 when off."""
         cfg, zero = self.cfg, real_A.new_zeros(())
         spec = cross = moved = zero
