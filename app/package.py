@@ -60,6 +60,8 @@ def _recipe(tr: dict[str, Any], data: dict[str, Any]) -> str:
         parts.append(f"paired FSIM loss (1 - FSIM){how} x{tr['lambda_pair_fsim']:g}")
     if tr.get("lambda_cross"):
         parts.append(f"cross-hatch loss x{tr['lambda_cross']:g}")
+    if tr.get("lambda_tensor"):
+        parts.append(f"structure-tensor loss x{tr['lambda_tensor']:g}")
     if tr.get("lambda_fm") and data.get("train_pairs"):
         parts.append(f"discriminator feature matching x{tr['lambda_fm']:g} on the pairs")
     if tr.get("lambda_spectral"):

@@ -217,7 +217,7 @@ def test_real_training_step_changes_weights_with_finite_losses(tmp_path, cufs):
     from training.trainer import LOSS_NAMES
     named = dict(zip(LOSS_NAMES, losses.tolist()))
     assert torch.isfinite(losses).all()
-    assert [named.pop(k) for k in ("spectral", "cross", "shift", "fm_A", "fm_B")] == [0] * 5  # off by default
+    assert [named.pop(k) for k in ("spectral", "cross", "tensor", "shift", "fm_A", "fm_B")] == [0] * 6  # off by default
     assert all(v > 0 for v in named.values()), named
     assert any(not torch.equal(before[k], v) for k, v in run.G_A.state_dict().items())
     assert any(not torch.equal(d_before[k], v) for k, v in run.D_A.state_dict().items())
@@ -515,6 +515,36 @@ def test_cross_hatch_loss_matches_evaluates_measure_and_unpicks_a_lattice(tmp_pa
     named = _first_step_losses(tmp_path, *_rotated_partners(tmp_path), "lambda_cross", (0.0, 10.0))
     assert named[0.0]["cross"] == 0 and named[10.0]["cross"] >= 0
     assert named[10.0]["G"] == pytest.approx(named[0.0]["G"] + named[10.0]["cross"], rel=1e-5)
+
+
+def test_structure_tensor_loss_is_free_of_phase_and_turns_a_lattice_into_strands(tmp_path):
+    """tensor_l1 against strands: the same strands moved 1-3 px cost almost nothing, a
+    diagonal lattice much more, strands across or a blank more still (FSIM, exact,
+    rewards the lattice over the moved strands); descending it from a lattice draws
+    strands (the cross-hatch measure falls to a stroke's level); the trainer logs the
+    term and adds it to the G loss."""
+    from test_metrics import _strands_and_lattice
+    from training.losses import cross_hatch, tensor_l1
+    s, lat = _strands_and_lattice(48, 40)
+    as_batch = lambda a: torch.from_numpy(a / 127.5 - 1)[None, None].expand(1, 3, -1, -1).float()  # noqa: E731
+    strands, lattice = as_batch(s), as_batch(lat)
+    across = as_batch(128 + 60 * np.sin(2 * np.pi * np.mgrid[0:48, 0:40][0] / 7))
+    moved = [tensor_l1(as_batch(np.roll(s, k, axis=1)), strands).item() for k in (1, 2, 3)]
+    cost = {k: tensor_l1(v, strands).item() for k, v in
+            (("lattice", lattice), ("across", across), ("blank", torch.zeros_like(strands)))}
+    assert tensor_l1(strands, strands).item() == 0
+    assert max(moved) < 0.15 and cost["lattice"] > 1.0
+    assert cost["across"] > cost["lattice"] and cost["blank"] > cost["lattice"]
+    fake = lattice.clone().requires_grad_(True)
+    opt = torch.optim.Adam([fake], lr=0.05)
+    for _ in range(60):
+        opt.zero_grad()
+        tensor_l1(fake, strands).sum().backward()
+        opt.step()
+    assert cross_hatch(lattice).item() > 0.45 and cross_hatch(fake.detach()).item() < 0.25
+    named = _first_step_losses(tmp_path, *_rotated_partners(tmp_path), "lambda_tensor", (0.0, 10.0))
+    assert named[0.0]["tensor"] == 0 and named[10.0]["tensor"] > 0
+    assert named[10.0]["G"] == pytest.approx(named[0.0]["G"] + named[10.0]["tensor"], rel=1e-5)
 
 
 def test_spectral_loss_matches_evaluates_measure_and_flattens_a_dot_pattern(tmp_path):

@@ -81,6 +81,11 @@ class TrainConfig:
                                       "at once (the evaluation's cross-hatch measure, per "
                                       "neighbourhood) above its partner's there, against the "
                                       "lattice a paired FSIM loss draws in hair; 0 = off")
+    lambda_tensor: float = option(0.0, "paired structure-tensor loss weight: local stroke "
+                                       "orientation and gradient energy of a translation "
+                                       "against its partner's, free of phase (strands a "
+                                       "pixel or two off cost nothing, a crossing lattice "
+                                       "as much as a blank); 0 = off")
     lambda_fm: float = option(0.0, "discriminator feature matching on paired samples (pix2pixHD): "
                                     "L1 between the discriminator's features of a translation "
                                     "and of its partner (the artist's sketch, the photo), a "
@@ -130,7 +135,7 @@ class TrainConfig:
             raise ConfigError(f"fsim_pool must be an odd number >= 1, got {self.fsim_pool}")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
-        for name in ("lambda_pair", "lambda_pair_grad", "lambda_pair_fsim", "lambda_cross", "lambda_fm", "lambda_spectral", "lambda_shift", "cycle_noise",
+        for name in ("lambda_pair", "lambda_pair_grad", "lambda_pair_fsim", "lambda_cross", "lambda_tensor", "lambda_fm", "lambda_spectral", "lambda_shift", "cycle_noise",
                      "lambda_gan", "lambda_cycle", "lambda_identity", "fsim_blur"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

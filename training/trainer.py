@@ -36,12 +36,12 @@ from .data import (DataError, Domain, augment, choose_holdout, load_domain, load
                    resolve_layout, split_holdout, to_float)
 from .launch import write_rank_digest
 from .losses import (cross_excess, feature_l1, fsim, gaussian_blur, gradient_l1, shift_difference,
-                     shift_image, spectral_excess)
+                     shift_image, spectral_excess, tensor_l1)
 from .networks import build_discriminator, build_generator, init_weights
 
 log = logging.getLogger("facesketch.train")
 LOSS_NAMES = ("G_adv_A", "G_adv_B", "cycle_A", "cycle_B", "idt_A", "idt_B", "pair_A", "pair_B",
-              "fm_A", "fm_B", "spectral", "cross", "shift", "G", "D_A", "D_B")
+              "fm_A", "fm_B", "spectral", "cross", "tensor", "shift", "G", "D_A", "D_B")
 G_INDEX = LOSS_NAMES.index("G")
 
 
@@ -405,10 +405,12 @@ class Run:
     def texture_losses(self, real_A: torch.Tensor, real_B: torch.Tensor, fake_B: torch.Tensor,
                        fake_A: torch.Tensor, paired: torch.Tensor | None,
                        shifted: tuple[torch.Tensor, torch.Tensor] | None,
-                       shift: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(spectral, cross-hatch, shift-consistency) generator losses, each 0 when off."""
+                       shift: tuple[int, int] | None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(spectral, cross-hatch, structure-tensor, shift-consistency) generator losses,
+        each 0 when off."""
         cfg, zero = self.cfg, real_A.new_zeros(())
-        spec = cross = moved = zero
+        spec = cross = tensor = moved = zero
         pin = cfg.spectral_ring == "pinned"  # against each partner: paired samples only
         if cfg.lambda_spectral > 0 and (paired is not None or not pin):
             ws = paired if pin else torch.ones(real_A.shape[0], device=real_A.device)
@@ -418,10 +420,13 @@ class Run:
         if cfg.lambda_cross > 0 and paired is not None:  # no crossing the partner has not
             wc = paired * (cfg.lambda_cross / paired.sum().clamp(min=1.0))
             cross = (wc * (cross_excess(fake_B, real_B) + cross_excess(fake_A, real_A))).sum()
+        if cfg.lambda_tensor > 0 and paired is not None:  # strokes the partner's way, anywhere
+            wt = paired * (cfg.lambda_tensor / paired.sum().clamp(min=1.0))
+            tensor = (wt * (tensor_l1(fake_B, real_B) + tensor_l1(fake_A, real_A))).sum()
         if shifted is not None:  # what a translation draws must move with its input
             moved = cfg.lambda_shift * (shift_difference(fake_B, shifted[0], shift)
                                         + shift_difference(fake_A, shifted[1], shift))
-        return spec, cross, moved
+        return spec, cross, tensor, moved
 
     def train_step(self, real_A: torch.Tensor, real_B: torch.Tensor,
                    paired: torch.Tensor | None = None) -> torch.Tensor:
@@ -468,10 +473,10 @@ class Run:
             w = paired * (cfg.lambda_fm / paired.sum().clamp(min=1.0))
             fm_a = (w * feature_l1(feat_fake_B, feat_real_B)).sum()
             fm_b = (w * feature_l1(feat_fake_A, feat_real_A)).sum()
-        spec, cross, moved = self.texture_losses(real_A, real_B, fake_B, fake_A, paired,
-                                                 shifted, shift)
+        spec, cross, tensor, moved = self.texture_losses(real_A, real_B, fake_B, fake_A, paired,
+                                                         shifted, shift)
         loss_G = (g_adv_A + g_adv_B + cyc_A + cyc_B + idt_a + idt_b + pair_a + pair_b + fm_a + fm_b
-                  + spec + cross + moved)
+                  + spec + cross + tensor + moved)
         self.opt_G.zero_grad(set_to_none=True)
         self.scaler_G.scale(loss_G).backward()
         self.scaler_G.step(self.opt_G)
@@ -494,7 +499,7 @@ class Run:
         self.scaler_D.step(self.opt_D)
         self.scaler_D.update()
         return torch.stack([g_adv_A, g_adv_B, cyc_A, cyc_B, idt_a, idt_b, pair_a, pair_b, fm_a, fm_b,
-                            spec, cross, moved, loss_G,
+                            spec, cross, tensor, moved, loss_G,
                             loss_D_A, loss_D_B]).detach()
 
 def find_pairs(photos: Domain, sketches: Domain) -> dict[int, int]:
