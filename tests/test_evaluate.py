@@ -23,6 +23,8 @@ def _check_ranges(summary, keys):
             assert v is None or 0 < v < 100
         elif k == "ssim":
             assert -1 <= v <= 1
+        elif k == "stroke":                     # 0 = the target's strokes
+            assert 0 < v < 5
         else:                                   # fsim, fsimc
             assert 0 < v <= 1
 
@@ -52,6 +54,8 @@ def test_cli_evaluate_on_cufs_writes_report_table_and_grid(tiny_checkpoint, cufs
     assert [r["name"] for r in report["per_image"]] == ["1.jpg", "2.jpg", "3.jpg"]
     assert report["per_image"][0]["sketch2photo"].keys() == {"ssim", "fsim", "fsimc", "psnr",
                                                                "checkerboard_db", "cross_hatch"}
+    assert report["per_image"][0]["photo2sketch"].keys() == {"ssim", "fsim", "psnr", "stroke",
+                                                               "checkerboard_db", "cross_hatch"}
     for direction in E.METRIC_KEYS:  # ours and the target's, on the model's grid
         assert np.isfinite(report["metrics"][direction]["all"]["checkerboard_db"])
         assert -10 < report["target_checkerboard_db"][direction]["all"]["checkerboard_db"] < 5
@@ -63,7 +67,7 @@ def test_cli_evaluate_on_cufs_writes_report_table_and_grid(tiny_checkpoint, cufs
     assert report["model"]["detector"] == "cnn"
     table = md.read_text()
     assert "0.7343" in table and "0.7652" in table and "CUHK_student" in table
-    assert "Texture measures" in table and "cross-hatch ours" in table
+    assert "Texture measures" in table and "cross-hatch ours" in table and "stroke distance ours" in table
     assert "| photo -> sketch | all | 3 |" in table and "| sketch -> photo | CUHK_student | 3 |" in table
     assert table in printed
     img = Image.open(grid)

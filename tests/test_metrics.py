@@ -221,6 +221,21 @@ def test_cross_hatch_is_high_on_a_lattice_and_low_on_strokes_of_one_direction():
         cross_hatch(np.zeros((8, 40)))
 
 
+def test_stroke_distance_is_free_of_phase_and_high_on_a_lattice_against_strands():
+    from facesketch.metrics import stroke_distance
+    strands, lattice = _strands_and_lattice()
+    moved = [stroke_distance(np.roll(strands, k, axis=1), strands) for k in (1, 2, 3)]
+    across = 128 + 60 * np.sin(2 * np.pi * np.mgrid[0:96, 0:80][0] / 7)
+    assert stroke_distance(strands, strands) == 0 and max(moved) < 0.15
+    assert stroke_distance(lattice, strands) > 1.0
+    assert stroke_distance(across, strands) > stroke_distance(lattice, strands)
+    assert stroke_distance(np.full_like(strands, 200), strands) > stroke_distance(lattice, strands)
+    assert stroke_distance(np.dstack([lattice] * 3), strands) == pytest.approx(
+        stroke_distance(lattice, strands), rel=1e-4)                     # colour: its luma
+    with pytest.raises(ValueError, match="one size"):
+        stroke_distance(strands[:50], strands)
+
+
 def test_checkerboard_parts_name_the_period_and_axis_of_a_pattern():
     from facesketch.metrics import checkerboard_db, checkerboard_parts
     noisy = _smooth() + np.random.default_rng(0).normal(0, 8, (96, 80))  # a flat spectrum

@@ -518,16 +518,20 @@ def test_cross_hatch_loss_matches_evaluates_measure_and_unpicks_a_lattice(tmp_pa
 
 
 def test_structure_tensor_loss_is_free_of_phase_and_turns_a_lattice_into_strands(tmp_path):
-    """tensor_l1 against strands: the same strands moved 1-3 px cost almost nothing, a
+    """tensor_l1 (evaluate's stroke distance, in torch) against strands: the same strands
+    moved 1-3 px cost almost nothing, a
     diagonal lattice much more, strands across or a blank more still (FSIM, exact,
     rewards the lattice over the moved strands); descending it from a lattice draws
     strands (the cross-hatch measure falls to a stroke's level); the trainer logs the
     term and adds it to the G loss."""
+    from facesketch.metrics import stroke_distance
     from test_metrics import _strands_and_lattice
     from training.losses import cross_hatch, tensor_l1
     s, lat = _strands_and_lattice(48, 40)
     as_batch = lambda a: torch.from_numpy(a / 127.5 - 1)[None, None].expand(1, 3, -1, -1).float()  # noqa: E731
     strands, lattice = as_batch(s), as_batch(lat)
+    as64 = lambda a: torch.from_numpy(a / 127.5 - 1)[None, None].expand(1, 3, -1, -1)  # noqa: E731
+    assert tensor_l1(as64(lat), as64(s)).item() == pytest.approx(stroke_distance(lat, s), rel=1e-6)
     across = as_batch(128 + 60 * np.sin(2 * np.pi * np.mgrid[0:48, 0:40][0] / 7))
     moved = [tensor_l1(as_batch(np.roll(s, k, axis=1)), strands).item() for k in (1, 2, 3)]
     cost = {k: tensor_l1(v, strands).item() for k, v in
