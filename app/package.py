@@ -157,8 +157,10 @@ def package_model(run: str | Path, out: str | Path = DEFAULT_MODEL,
                 f"{other['image_size']}px) differs from {run}'s ({cfg['arch']}, "
                 f"{cfg['image_size']}px); both generators must run as one model")
         nets["G_B"] = other_nets["G_B"]
-        cfg["sketch2photo_from"] = {"model": str(sketch2photo_from), "train": other.get("train", {}),
-                                    "metrics": other.get("metrics", {})}
+        # a packaged model whose G_B came from elsewhere passes on where it came from
+        cfg["sketch2photo_from"] = other.get("sketch2photo_from") or {
+            "model": str(sketch2photo_from), "train": other.get("train", {}),
+            "metrics": other.get("metrics", {})}
     from facesketch.formats import DIRECTIONS
     bad = [d for d in gray if d not in DIRECTIONS]
     if bad:

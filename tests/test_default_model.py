@@ -113,6 +113,11 @@ def test_package_takes_sketch2photo_from_another_run_of_the_same_network(tmp_pat
     assert cfg["sketch2photo_from"]["model"] == str(b)
     assert "sketch -> photo generator (G_B) comes from another fine-tune" in \
         (out / "MODEL_CARD.md").read_text()
+    # packaged again, G_B from that package: the card still names where G_B was trained
+    again = package_model(a, tmp_path / "again", detector="builtin", sketch2photo_from=out)
+    assert ckpt.load_model(again)[1]["sketch2photo_from"]["model"] == str(b)
+    assert torch.equal(ckpt.load_model(again)[0]["G_B"].state_dict()["model.1.weight"],
+                       nets["G_B"].state_dict()["model.1.weight"])
     with pytest.raises(ValueError, match="differs from"):
         package_model(a, tmp_path / "bad", detector="builtin",
                       sketch2photo_from=model("c", "resize", 3))
