@@ -85,7 +85,7 @@ class TrainConfig:
                                        "orientation and gradient energy of a translation "
                                        "against its partner's, free of phase (strands a "
                                        "pixel or two off cost nothing, a crossing lattice "
-                                       "as much as a blank); 0 = off")
+                                       "as much as a blank); 0 = off (v8: 30)")
     lambda_fm: float = option(0.0, "discriminator feature matching on paired samples (pix2pixHD): "
                                     "L1 between the discriminator's features of a translation "
                                     "and of its partner (the artist's sketch, the photo), a "
