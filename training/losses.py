@@ -65,8 +65,8 @@ def _checker_powers(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     checker_bins' order) of an N x C x H x W batch (C = 1 or 3, any scale)."""
     g = _gray(x)
     n, h, w = g.shape
-    win = torch.outer(torch.hann_window(h, periodic=False, dtype=x.dtype, device=x.device),
-                      torch.hann_window(w, periodic=False, dtype=x.dtype, device=x.device))
+    win = torch.outer(torch.hann_window(h, periodic=False, dtype=g.dtype, device=x.device),
+                      torch.hann_window(w, periodic=False, dtype=g.dtype, device=x.device))
     g = (g - g.mean((1, 2), keepdim=True)) * win
     power = torch.fft.fft2(g).abs().square()
     core = torch.as_tensor(CHECKER_CORE, device=x.device)
