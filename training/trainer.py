@@ -148,6 +148,12 @@ def mse_to(pred: torch.Tensor, target: float) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------- set-up helpers
+def weighted_mean(weights: torch.Tensor, scale: float, per_sample: torch.Tensor) -> torch.Tensor:
+    """``scale`` x the mean of ``per_sample`` over the samples ``weights`` (0/1) select:
+    a paired loss, averaged over the batch's pairs (0 where it has none)."""
+    return (weights * (scale / weights.sum().clamp(min=1.0)) * per_sample).sum()
+
+
 def pick_device(cfg: TrainConfig, local_rank: int) -> torch.device:
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -414,15 +420,14 @@ class Run:
         pin = cfg.spectral_ring == "pinned"  # against each partner: paired samples only
         if cfg.lambda_spectral > 0 and (paired is not None or not pin):
             ws = paired if pin else torch.ones(real_A.shape[0], device=real_A.device)
-            ws = ws * (cfg.lambda_spectral / ws.sum().clamp(min=1.0))
-            spec = (ws * (spectral_excess(fake_B, real_B, pin)
-                          + spectral_excess(fake_A, real_A, pin))).sum()
+            spec = weighted_mean(ws, cfg.lambda_spectral, spectral_excess(fake_B, real_B, pin)
+                                 + spectral_excess(fake_A, real_A, pin))
         if cfg.lambda_cross > 0 and paired is not None:  # no crossing the partner has not
-            wc = paired * (cfg.lambda_cross / paired.sum().clamp(min=1.0))
-            cross = (wc * (cross_excess(fake_B, real_B) + cross_excess(fake_A, real_A))).sum()
+            cross = weighted_mean(paired, cfg.lambda_cross,
+                                  cross_excess(fake_B, real_B) + cross_excess(fake_A, real_A))
         if cfg.lambda_tensor > 0 and paired is not None:  # strokes the partner's way, anywhere
-            wt = paired * (cfg.lambda_tensor / paired.sum().clamp(min=1.0))
-            tensor = (wt * (tensor_l1(fake_B, real_B) + tensor_l1(fake_A, real_A))).sum()
+            tensor = weighted_mean(paired, cfg.lambda_tensor,
+                                   tensor_l1(fake_B, real_B) + tensor_l1(fake_A, real_A))
         if shifted is not None:  # what a translation draws must move with its input
             moved = cfg.lambda_shift * (shift_difference(fake_B, shifted[0], shift)
                                         + shift_difference(fake_A, shifted[1], shift))
@@ -454,25 +459,25 @@ class Run:
         idt_b = F.l1_loss(idt_B.float(), real_A) * lam_i if idt_B is not None else zero
         pair_a = pair_b = zero
         if paired is not None:  # L1 to the artist's sketch / the photo, paired samples only
-            w = paired * (cfg.lambda_pair / paired.sum().clamp(min=1.0))
-            pair_a = (w * (fake_B.float() - real_B).abs().mean((1, 2, 3))).sum()
-            pair_b = (w * (fake_A.float() - real_A).abs().mean((1, 2, 3))).sum()
+            pair_a = weighted_mean(paired, cfg.lambda_pair, (fake_B.float() - real_B).abs().mean((1, 2, 3)))
+            pair_b = weighted_mean(paired, cfg.lambda_pair, (fake_A.float() - real_A).abs().mean((1, 2, 3)))
             if cfg.lambda_pair_grad > 0:  # edges where the artist drew them (and the photo has them)
-                wg = paired * (cfg.lambda_pair_grad / paired.sum().clamp(min=1.0))
-                pair_a = pair_a + (wg * gradient_l1(fake_B.float(), real_B)).sum()
-                pair_b = pair_b + (wg * gradient_l1(fake_A.float(), real_A)).sum()
+                pair_a = pair_a + weighted_mean(paired, cfg.lambda_pair_grad,
+                                                gradient_l1(fake_B.float(), real_B))
+                pair_b = pair_b + weighted_mean(paired, cfg.lambda_pair_grad,
+                                                gradient_l1(fake_A.float(), real_A))
             if cfg.lambda_pair_fsim > 0:  # the evaluation's structure measure, as a loss
-                wf = paired * (cfg.lambda_pair_fsim / paired.sum().clamp(min=1.0))
                 blur = lambda t: gaussian_blur(t.float(), cfg.fsim_blur)  # noqa: E731
-                pair_a = pair_a + (wf * (1 - fsim(blur(fake_B), blur(real_B), cfg.fsim_pool))).sum()
-                pair_b = pair_b + (wf * (1 - fsim(blur(fake_A), blur(real_A), cfg.fsim_pool))).sum()
+                pair_a = pair_a + weighted_mean(paired, cfg.lambda_pair_fsim,
+                                                1 - fsim(blur(fake_B), blur(real_B), cfg.fsim_pool))
+                pair_b = pair_b + weighted_mean(paired, cfg.lambda_pair_fsim,
+                                                1 - fsim(blur(fake_A), blur(real_A), cfg.fsim_pool))
         fm_a = fm_b = zero
         if fm:  # the discriminators' features of a translation against its partner's
             with torch.no_grad(), ac:
                 (_, feat_real_B), (_, feat_real_A) = self.discs_g(real_B, real_A, features=True)
-            w = paired * (cfg.lambda_fm / paired.sum().clamp(min=1.0))
-            fm_a = (w * feature_l1(feat_fake_B, feat_real_B)).sum()
-            fm_b = (w * feature_l1(feat_fake_A, feat_real_A)).sum()
+            fm_a = weighted_mean(paired, cfg.lambda_fm, feature_l1(feat_fake_B, feat_real_B))
+            fm_b = weighted_mean(paired, cfg.lambda_fm, feature_l1(feat_fake_A, feat_real_A))
         spec, cross, tensor, moved = self.texture_losses(real_A, real_B, fake_B, fake_A, paired,
                                                          shifted, shift)
         loss_G = (g_adv_A + g_adv_B + cyc_A + cyc_B + idt_a + idt_b + pair_a + pair_b + fm_a + fm_b
